@@ -1,0 +1,342 @@
+//! Turns the answers of all projector nodes into one read model and one freshness report.
+//!
+//! Guarantee: a query is answered from the merge of every node that answered, and its freshness
+//! lists exactly the partitions those nodes reported, sorted by partition, plus every node whose
+//! data is missing. An answer in which some partition would be counted twice (two nodes reporting
+//! it while the group rebalances) is refused with 503 rather than returned with doubled counts.
+//! When no node answers, the query fails with 503: see docs/query-api.md for the choice.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::Serialize;
+
+use readmodel::{Kind, ReadModel};
+
+use crate::error::QueryError;
+use crate::nodes::{NodeAnswer, NodeFailure, NodePartition, ProjectionInfo, ProjectorNodes};
+use crate::params::TimeRange;
+
+/// The query a client asked for; each kind of projection answers some of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QueryKind {
+    Distinct,
+    Top,
+    Count,
+    Contains,
+}
+
+/// How current an answer is, partition by partition.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Freshness {
+    /// True when every configured node answered, so every assigned partition is included.
+    pub complete: bool,
+    /// The partitions the answering nodes hold, sorted by partition.
+    pub partitions: Vec<PartitionFreshness>,
+    /// Largest known `lag` among `partitions`; 0 when none is known.
+    pub max_lag: i64,
+    /// Nodes whose data is missing from the answer (down, too slow, or answered badly).
+    pub nodes_unreachable: Vec<String>,
+}
+
+/// One partition: how far its node has folded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartitionFreshness {
+    pub partition: i32,
+    /// The projector node holding the partition, as configured in `projector_urls`.
+    pub node: String,
+    /// Offset of the next record the node will fold.
+    pub next_offset: i64,
+    /// Offset after the last record in the partition when the node last looked; `null` until
+    /// the node has learnt it from the broker.
+    pub high_watermark: Option<i64>,
+    /// Records in the partition not yet folded; `null` while `high_watermark` is unknown.
+    pub lag: Option<i64>,
+    /// Event time (epoch ms) of the last folded record; `null` when none carried one.
+    pub last_event_ms: Option<i64>,
+}
+
+/// The merged read model of one projection and the freshness of the merge.
+#[derive(Debug)]
+pub(crate) struct Gathered {
+    pub kind: Kind,
+    /// `None` when no answering node holds any bucket of the tenant in the window.
+    pub read_model: Option<ReadModel>,
+    pub freshness: Freshness,
+}
+
+/// The projection list and the partitions of all nodes.
+#[derive(Debug)]
+pub(crate) struct Status {
+    pub projections: Vec<ProjectionInfo>,
+    pub freshness: Freshness,
+}
+
+impl QueryKind {
+    /// The endpoint's name, as in `/v1/projections/{name}/<query>`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueryKind::Distinct => "distinct",
+            QueryKind::Top => "top",
+            QueryKind::Count => "count",
+            QueryKind::Contains => "contains",
+        }
+    }
+
+    /// The kind of projection that answers this query.
+    pub fn projection_kind(self) -> Kind {
+        match self {
+            QueryKind::Distinct => Kind::Distinct,
+            QueryKind::Top | QueryKind::Count => Kind::Top,
+            QueryKind::Contains => Kind::Membership,
+        }
+    }
+}
+
+/// The queries a kind of projection answers, for error messages.
+pub(crate) fn supported_queries(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Distinct => "distinct",
+        Kind::Top => "top, count",
+        Kind::Membership => "contains",
+    }
+}
+
+/// Asks every node for its read model of `name` for `tenant` over `range` and merges them.
+pub(crate) async fn gather_read_model(
+    nodes: &ProjectorNodes,
+    name: &str,
+    tenant: &str,
+    range: TimeRange,
+    asked: QueryKind,
+) -> Result<Gathered, QueryError> {
+    let answers = nodes.read_models(name, tenant, range).await;
+
+    let mut reached = Vec::new();
+    let mut unknown = Vec::new();
+    let mut failed = Vec::new();
+    for NodeAnswer { node, result } in answers {
+        match result {
+            Ok(body) => reached.push((node, body)),
+            Err(failure @ NodeFailure::UnknownProjection(_)) => unknown.push((node, failure)),
+            Err(failure) => failed.push((node, failure)),
+        }
+    }
+    if reached.is_empty() {
+        record_failures(&failed);
+        if !unknown.is_empty() {
+            return Err(QueryError::UnknownProjection { name: name.into() });
+        }
+        return Err(unavailable(&failed));
+    }
+    // Some nodes serve the projection and others do not know it: their projection files differ,
+    // and the partitions of the latter are missing from this answer.
+    failed.extend(unknown);
+
+    let kind =
+        agreed_kind(name, reached.iter().map(|(_, body)| body.kind.as_str())).and_then(|kind| {
+            if kind == asked.projection_kind() {
+                return Ok(kind);
+            }
+            Err(QueryError::UnsupportedQuery {
+                name: name.into(),
+                kind: kind.to_string(),
+                asked: asked.as_str(),
+                supported: supported_queries(kind),
+            })
+        });
+    let kind = match kind {
+        Ok(kind) => kind,
+        Err(error) => {
+            record_failures(&failed);
+            return Err(error);
+        }
+    };
+
+    let mut models = Vec::new();
+    let mut partitions = Vec::new();
+    let mut decoded = 0;
+    for (node, body) in reached {
+        match decode(body.read_model.as_deref(), kind) {
+            Ok(model) => {
+                decoded += 1;
+                models.extend(model);
+                partitions.extend(body.partitions.iter().map(|p| (node.clone(), *p)));
+            }
+            Err(failure) => failed.push((node, failure)),
+        }
+    }
+    record_failures(&failed);
+    if decoded == 0 {
+        return Err(unavailable(&failed));
+    }
+    let freshness = freshness(
+        partitions,
+        failed.iter().map(|(node, _)| node.clone()).collect(),
+    );
+    refuse_overlap(&freshness)?;
+
+    let mut models = models.into_iter();
+    let read_model = match models.next() {
+        None => None,
+        Some(mut merged) => {
+            for model in models {
+                merged
+                    .merge(&model)
+                    .map_err(|e| QueryError::ProjectorsDisagree {
+                        name: name.into(),
+                        reason: format!("their read models do not merge: {e}"),
+                    })?;
+            }
+            Some(merged)
+        }
+    };
+    Ok(Gathered {
+        kind,
+        read_model,
+        freshness,
+    })
+}
+
+/// Asks every node for its projections and partitions.
+///
+/// The projection list comes from the first node, in config order, that answers it; partitions
+/// from every node. Overlapping partitions are reported as they are: this is a status page.
+pub(crate) async fn gather_status(nodes: &ProjectorNodes) -> Result<Status, QueryError> {
+    let (projection_answers, partition_answers) =
+        tokio::join!(nodes.projections(), nodes.partitions());
+
+    let mut failed = Vec::new();
+    let mut projections = None;
+    let mut partitions = Vec::new();
+    for (listed, positions) in projection_answers.into_iter().zip(partition_answers) {
+        let node = listed.node;
+        match (listed.result, positions.result) {
+            (Ok(body), Ok(positions)) => {
+                projections.get_or_insert(body.projections);
+                partitions.extend(positions.partitions.into_iter().map(|p| (node.clone(), p)));
+            }
+            (Ok(body), Err(failure)) => {
+                projections.get_or_insert(body.projections);
+                failed.push((node, failure));
+            }
+            (Err(failure), Ok(_)) | (Err(failure), Err(_)) => failed.push((node, failure)),
+        }
+    }
+    record_failures(&failed);
+    let Some(projections) = projections else {
+        return Err(unavailable(&failed));
+    };
+    let unreachable = failed.into_iter().map(|(node, _)| node).collect();
+    Ok(Status {
+        projections,
+        freshness: freshness(partitions, unreachable),
+    })
+}
+
+/// The one kind every answering node reports for the projection.
+fn agreed_kind<'a>(name: &str, kinds: impl Iterator<Item = &'a str>) -> Result<Kind, QueryError> {
+    let mut agreed: Option<&str> = None;
+    for kind in kinds {
+        match agreed {
+            None => agreed = Some(kind),
+            Some(seen) if seen == kind => {}
+            Some(seen) => {
+                return Err(QueryError::ProjectorsDisagree {
+                    name: name.into(),
+                    reason: format!(
+                        "one node says kind {seen:?}, another {kind:?}; deploy the same \
+                         projection file to every projector node"
+                    ),
+                });
+            }
+        }
+    }
+    let reported = agreed.unwrap_or_default();
+    [Kind::Distinct, Kind::Top, Kind::Membership]
+        .into_iter()
+        .find(|kind| kind.as_str() == reported)
+        .ok_or_else(|| QueryError::ProjectorsDisagree {
+            name: name.into(),
+            reason: format!(
+                "the nodes report kind {reported:?}, which this query api does not know"
+            ),
+        })
+}
+
+/// Decodes a node's read model and checks it is of the kind the node claims.
+fn decode(encoded: Option<&str>, kind: Kind) -> Result<Option<ReadModel>, NodeFailure> {
+    let Some(encoded) = encoded else {
+        return Ok(None);
+    };
+    let bytes = BASE64
+        .decode(encoded)
+        .map_err(|e| NodeFailure::InvalidBody(format!("read_model is not standard base64: {e}")))?;
+    let model = ReadModel::from_bytes(&bytes)
+        .map_err(|e| NodeFailure::InvalidBody(format!("read_model bytes are refused: {e}")))?;
+    if model.kind() != kind {
+        return Err(NodeFailure::InvalidBody(format!(
+            "read_model is a {} read model but the projection is {kind}",
+            model.kind()
+        )));
+    }
+    Ok(Some(model))
+}
+
+fn freshness(partitions: Vec<(String, NodePartition)>, unreachable: Vec<String>) -> Freshness {
+    let mut partitions: Vec<PartitionFreshness> = partitions
+        .into_iter()
+        .map(|(node, p)| PartitionFreshness {
+            partition: p.partition,
+            node,
+            next_offset: p.next_offset,
+            high_watermark: p.high_watermark,
+            lag: p.lag,
+            last_event_ms: p.last_event_ms,
+        })
+        .collect();
+    partitions.sort_by(|a, b| (a.partition, &a.node).cmp(&(b.partition, &b.node)));
+    let max_lag = partitions
+        .iter()
+        .filter_map(|p| p.lag)
+        .max()
+        .unwrap_or(0)
+        .max(0);
+    Freshness {
+        complete: unreachable.is_empty(),
+        partitions,
+        max_lag,
+        nodes_unreachable: unreachable,
+    }
+}
+
+/// Fails when one partition is reported by two nodes: merging both would count it twice.
+fn refuse_overlap(freshness: &Freshness) -> Result<(), QueryError> {
+    let mut holders: BTreeMap<i32, Vec<&str>> = BTreeMap::new();
+    for p in &freshness.partitions {
+        holders.entry(p.partition).or_default().push(&p.node);
+    }
+    match holders.into_iter().find(|(_, nodes)| nodes.len() > 1) {
+        None => Ok(()),
+        Some((partition, nodes)) => Err(QueryError::PartitionOverlap {
+            partition,
+            nodes: nodes.join(", "),
+        }),
+    }
+}
+
+fn record_failures(failed: &[(String, NodeFailure)]) {
+    for (node, failure) in failed {
+        failure.record(node);
+    }
+}
+
+fn unavailable(failed: &[(String, NodeFailure)]) -> QueryError {
+    let nodes = failed
+        .iter()
+        .map(|(node, failure)| format!("{node}: {}", failure.reason()))
+        .collect::<Vec<_>>()
+        .join("; ");
+    QueryError::ProjectorsUnavailable { nodes }
+}

@@ -1,0 +1,199 @@
+//! Query-string parameters of the public endpoints: which ones each endpoint takes, and the
+//! parsing of times, `k` and `item`.
+//!
+//! Guarantee: a parameter an endpoint does not know (a `tenant`, a typo) or one given twice is
+//! refused with a 400 instead of being ignored; `from`/`to` are RFC 3339 or epoch milliseconds
+//! and describe the same half-open window `[from, to)` over bucket starts that the projector
+//! nodes use, with `from <= to`.
+
+use std::collections::HashMap;
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::error::QueryError;
+
+/// The parameters of one request, each known to the endpoint and given at most once.
+#[derive(Debug)]
+pub(crate) struct Params {
+    values: HashMap<String, String>,
+}
+
+/// A half-open time window over bucket starts, epoch milliseconds; `None` is unbounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TimeRange {
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+}
+
+/// How many top items may be asked for at most.
+pub(crate) const MAX_TOP_K: u32 = 1_000;
+/// How many top items are returned when `k` is not given.
+pub(crate) const DEFAULT_TOP_K: u32 = 10;
+
+impl Params {
+    /// Checks the pairs of a query string against the parameters the endpoint accepts.
+    pub fn new(pairs: Vec<(String, String)>, allowed: &[&str]) -> Result<Params, QueryError> {
+        let mut values = HashMap::with_capacity(pairs.len());
+        for (name, value) in pairs {
+            if !allowed.contains(&name.as_str()) {
+                let allowed = if allowed.is_empty() {
+                    "no parameters".to_owned()
+                } else {
+                    allowed.join(", ")
+                };
+                return Err(QueryError::UnknownParameter { name, allowed });
+            }
+            if values.contains_key(&name) {
+                return Err(QueryError::DuplicateParameter(name));
+            }
+            values.insert(name, value);
+        }
+        Ok(Params { values })
+    }
+
+    /// `from` and `to`, both optional.
+    pub fn time_range(&self) -> Result<TimeRange, QueryError> {
+        let from = self.time("from")?;
+        let to = self.time("to")?;
+        if let (Some(from), Some(to)) = (from, to) {
+            if from > to {
+                return Err(QueryError::InvalidTimeRange { from, to });
+            }
+        }
+        Ok(TimeRange { from, to })
+    }
+
+    /// `k` for top queries: 1 to [`MAX_TOP_K`], [`DEFAULT_TOP_K`] when absent.
+    pub fn top_k(&self) -> Result<u32, QueryError> {
+        let Some(raw) = self.values.get("k") else {
+            return Ok(DEFAULT_TOP_K);
+        };
+        let invalid = || QueryError::InvalidParameter {
+            name: "k",
+            reason: format!("{raw:?} is not a whole number from 1 to {MAX_TOP_K}"),
+        };
+        let k: u32 = raw.trim().parse().map_err(|_| invalid())?;
+        if !(1..=MAX_TOP_K).contains(&k) {
+            return Err(invalid());
+        }
+        Ok(k)
+    }
+
+    /// `item` for count and contains queries: required, taken as given (it may be empty).
+    pub fn item(&self) -> Result<&str, QueryError> {
+        self.values
+            .get("item")
+            .map(String::as_str)
+            .ok_or(QueryError::MissingParameter("item"))
+    }
+
+    fn time(&self, name: &'static str) -> Result<Option<i64>, QueryError> {
+        match self.values.get(name) {
+            None => Ok(None),
+            Some(raw) => parse_time(raw)
+                .map(Some)
+                .map_err(|reason| QueryError::InvalidParameter { name, reason }),
+        }
+    }
+}
+
+/// Parses epoch milliseconds or an RFC 3339 timestamp into epoch milliseconds.
+///
+/// Timestamps finer than a millisecond are rounded up: bucket starts are whole milliseconds, and
+/// for a whole `b`, `b >= t` exactly when `b >= ceil(t)`, so the window stays the one asked for.
+pub(crate) fn parse_time(raw: &str) -> Result<i64, String> {
+    let raw = raw.trim();
+    if let Ok(ms) = raw.parse::<i64>() {
+        return Ok(ms);
+    }
+    let instant = OffsetDateTime::parse(raw, &Rfc3339).map_err(|_| {
+        format!("{raw:?} is neither epoch milliseconds nor RFC 3339 (2015-05-17T10:05:03Z)")
+    })?;
+    let nanos = instant.unix_timestamp_nanos();
+    let mut ms = nanos.div_euclid(1_000_000);
+    if nanos.rem_euclid(1_000_000) != 0 {
+        ms += 1;
+    }
+    i64::try_from(ms).map_err(|_| format!("{raw:?} is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)], allowed: &[&str]) -> Result<Params, QueryError> {
+        let pairs = pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        Params::new(pairs, allowed)
+    }
+
+    #[test]
+    fn test_parse_time_reads_epoch_ms_and_rfc3339() {
+        assert_eq!(parse_time("1431857103000"), Ok(1_431_857_103_000));
+        assert_eq!(parse_time("2015-05-17T10:05:03Z"), Ok(1_431_857_103_000));
+        assert_eq!(
+            parse_time("2015-05-17T12:05:03+02:00"),
+            Ok(1_431_857_103_000)
+        );
+        assert_eq!(
+            parse_time("2015-05-17T10:05:03.0001Z"),
+            Ok(1_431_857_103_001)
+        );
+        assert_eq!(parse_time("1969-12-31T23:59:59.9995Z"), Ok(0));
+        assert!(parse_time("yesterday").unwrap_err().contains("RFC 3339"));
+        assert!(parse_time("2015-05-17").is_err());
+    }
+
+    #[test]
+    fn test_params_refuse_unknown_duplicate_and_reversed() {
+        let allowed = ["from", "to"];
+        let err = params(&[("tenant", "other")], &allowed).unwrap_err();
+        assert_eq!(err.code(), "unknown_parameter");
+        assert!(err.to_string().contains("from, to"), "{err}");
+
+        let err = params(&[("from", "1"), ("from", "2")], &allowed).unwrap_err();
+        assert_eq!(err.code(), "duplicate_parameter");
+
+        let reversed = params(&[("from", "20"), ("to", "10")], &allowed).unwrap();
+        assert_eq!(
+            reversed.time_range().unwrap_err().code(),
+            "invalid_time_range"
+        );
+
+        let same = params(&[("from", "10"), ("to", "10")], &allowed).unwrap();
+        let range = same.time_range().unwrap();
+        assert_eq!((range.from, range.to), (Some(10), Some(10)));
+
+        let open = params(&[], &allowed).unwrap();
+        assert_eq!(
+            open.time_range().unwrap(),
+            TimeRange {
+                from: None,
+                to: None
+            }
+        );
+    }
+
+    #[test]
+    fn test_top_k_bounds() {
+        let allowed = ["k"];
+        assert_eq!(
+            params(&[], &allowed).unwrap().top_k().unwrap(),
+            DEFAULT_TOP_K
+        );
+        assert_eq!(
+            params(&[("k", "1000")], &allowed).unwrap().top_k().unwrap(),
+            1000
+        );
+        for bad in ["0", "1001", "-1", "ten", ""] {
+            let err = params(&[("k", bad)], &allowed)
+                .unwrap()
+                .top_k()
+                .unwrap_err();
+            assert_eq!(err.code(), "invalid_parameter", "k={bad}");
+        }
+    }
+}

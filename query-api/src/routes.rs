@@ -1,0 +1,378 @@
+//! The public HTTP API: routes, the bearer-key tenant, and the JSON answers.
+//!
+//! Guarantee: every `/v1` answer is computed for the tenant of the caller's bearer key, never for
+//! a tenant named in the request, and carries the freshness of the partitions it was computed
+//! from. Every failure is the JSON error body of [`QueryError`].
+
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{Method, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router, middleware};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+
+use readmodel::{
+    CountEstimate, DistinctEstimate, Kind, MembershipAnswer, ReadModel, SketchParams, TopItem,
+};
+use schemas::tenant::TenantFile;
+
+use crate::error::QueryError;
+use crate::gather::{self, Freshness, Gathered, QueryKind};
+use crate::nodes::{ProjectionInfo, ProjectorNodes};
+use crate::params::{Params, TimeRange};
+use crate::telemetry;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    tenants: TenantFile,
+    nodes: ProjectorNodes,
+    metrics: PrometheusHandle,
+}
+
+/// The tenant of the caller's bearer key.
+struct CallerTenant(String);
+
+/// Parameters each endpoint accepts.
+const WINDOW_PARAMS: &[&str] = &["from", "to"];
+const TOP_PARAMS: &[&str] = &["k", "from", "to"];
+const ITEM_PARAMS: &[&str] = &["item", "from", "to"];
+
+/// Longest projection name; names are `[a-z0-9_-]` like in the projection file.
+const MAX_PROJECTION_NAME_LEN: usize = 64;
+
+/// `GET /v1/projections`.
+#[derive(Serialize)]
+struct ProjectionsAnswer {
+    projections: Vec<ProjectionInfo>,
+    #[serde(flatten)]
+    freshness: Freshness,
+}
+
+/// The part every read-model answer starts with.
+#[derive(Serialize)]
+struct Window {
+    projection: String,
+    tenant: String,
+    /// Epoch ms, inclusive; `null` is unbounded.
+    from: Option<i64>,
+    /// Epoch ms, exclusive; `null` is unbounded.
+    to: Option<i64>,
+    /// Exact number of values folded into the read model the answer comes from.
+    events: u64,
+}
+
+#[derive(Serialize)]
+struct DistinctAnswer {
+    #[serde(flatten)]
+    window: Window,
+    distinct: DistinctEstimate,
+    freshness: Freshness,
+}
+
+#[derive(Serialize)]
+struct TopAnswer {
+    #[serde(flatten)]
+    window: Window,
+    k: u32,
+    items: Vec<TopItem>,
+    freshness: Freshness,
+}
+
+#[derive(Serialize)]
+struct CountAnswer {
+    #[serde(flatten)]
+    window: Window,
+    #[serde(flatten)]
+    count: CountEstimate,
+    freshness: Freshness,
+}
+
+#[derive(Serialize)]
+struct ContainsAnswer {
+    #[serde(flatten)]
+    window: Window,
+    #[serde(flatten)]
+    membership: Membership,
+    freshness: Freshness,
+}
+
+/// [`MembershipAnswer`], except that the configured rate is `null` when no node holds a filter
+/// for the window: the rate travels with the filter's bytes.
+#[derive(Serialize)]
+struct Membership {
+    item: String,
+    maybe_present: bool,
+    configured_false_positive_rate: Option<f64>,
+    estimated_false_positive_rate: f64,
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+}
+
+/// Builds the public router over the given projector nodes and tenants.
+pub(crate) fn build(
+    tenants: TenantFile,
+    nodes: ProjectorNodes,
+    metrics: PrometheusHandle,
+) -> Router {
+    let state = AppState {
+        inner: Arc::new(Shared {
+            tenants,
+            nodes,
+            metrics,
+        }),
+    };
+    Router::new()
+        .route("/v1/projections", get(projections))
+        .route("/v1/projections/{name}/distinct", get(distinct))
+        .route("/v1/projections/{name}/top", get(top))
+        .route("/v1/projections/{name}/count", get(count))
+        .route("/v1/projections/{name}/contains", get(contains))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(render_metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(telemetry::track_request))
+        .with_state(state)
+}
+
+async fn projections(
+    State(state): State<AppState>,
+    CallerTenant(_tenant): CallerTenant,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<ProjectionsAnswer>, QueryError> {
+    Params::new(query_pairs(query)?, &[])?;
+    let status = gather::gather_status(&state.inner.nodes).await?;
+    Ok(Json(ProjectionsAnswer {
+        projections: status.projections,
+        freshness: status.freshness,
+    }))
+}
+
+async fn distinct(
+    State(state): State<AppState>,
+    CallerTenant(tenant): CallerTenant,
+    Path(name): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<DistinctAnswer>, QueryError> {
+    let params = Params::new(query_pairs(query)?, WINDOW_PARAMS)?;
+    let range = params.time_range()?;
+    let gathered = gather(&state, &name, &tenant, range, QueryKind::Distinct).await?;
+    let (model, freshness) = answerable(gathered);
+    let distinct = model
+        .distinct()
+        .ok_or_else(|| kind_mismatch(&name, &model))?;
+    Ok(Json(DistinctAnswer {
+        window: window(name, tenant, range, &model),
+        distinct,
+        freshness,
+    }))
+}
+
+async fn top(
+    State(state): State<AppState>,
+    CallerTenant(tenant): CallerTenant,
+    Path(name): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<TopAnswer>, QueryError> {
+    let params = Params::new(query_pairs(query)?, TOP_PARAMS)?;
+    let range = params.time_range()?;
+    let k = params.top_k()?;
+    let gathered = gather(&state, &name, &tenant, range, QueryKind::Top).await?;
+    let (model, freshness) = answerable(gathered);
+    let items = model
+        .top(k as usize)
+        .ok_or_else(|| kind_mismatch(&name, &model))?;
+    Ok(Json(TopAnswer {
+        window: window(name, tenant, range, &model),
+        k,
+        items,
+        freshness,
+    }))
+}
+
+async fn count(
+    State(state): State<AppState>,
+    CallerTenant(tenant): CallerTenant,
+    Path(name): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<CountAnswer>, QueryError> {
+    let params = Params::new(query_pairs(query)?, ITEM_PARAMS)?;
+    let range = params.time_range()?;
+    let item = params.item()?;
+    let gathered = gather(&state, &name, &tenant, range, QueryKind::Count).await?;
+    let (model, freshness) = answerable(gathered);
+    let count = model
+        .count(item)
+        .ok_or_else(|| kind_mismatch(&name, &model))?;
+    Ok(Json(CountAnswer {
+        window: window(name, tenant, range, &model),
+        count,
+        freshness,
+    }))
+}
+
+async fn contains(
+    State(state): State<AppState>,
+    CallerTenant(tenant): CallerTenant,
+    Path(name): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<ContainsAnswer>, QueryError> {
+    let params = Params::new(query_pairs(query)?, ITEM_PARAMS)?;
+    let range = params.time_range()?;
+    let item = params.item()?;
+    let gathered = gather(&state, &name, &tenant, range, QueryKind::Contains).await?;
+    let membership = match &gathered.read_model {
+        Some(model) => {
+            let answer: MembershipAnswer = model
+                .contains(item)
+                .ok_or_else(|| kind_mismatch(&name, model))?;
+            Membership {
+                item: answer.item,
+                maybe_present: answer.maybe_present,
+                configured_false_positive_rate: Some(answer.configured_false_positive_rate),
+                estimated_false_positive_rate: answer.estimated_false_positive_rate,
+            }
+        }
+        // No filter holds anything in the window: absent is certain.
+        None => Membership {
+            item: item.to_owned(),
+            maybe_present: false,
+            configured_false_positive_rate: None,
+            estimated_false_positive_rate: 0.0,
+        },
+    };
+    let events = gathered.read_model.as_ref().map_or(0, ReadModel::events);
+    Ok(Json(ContainsAnswer {
+        window: Window {
+            projection: name,
+            tenant,
+            from: range.from,
+            to: range.to,
+            events,
+        },
+        membership,
+        freshness: gathered.freshness,
+    }))
+}
+
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+async fn render_metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.inner.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found(uri: Uri) -> QueryError {
+    QueryError::NotFound(uri.path().to_owned())
+}
+
+async fn method_not_allowed(method: Method) -> QueryError {
+    QueryError::MethodNotAllowed(method.to_string())
+}
+
+impl FromRequestParts<AppState> for CallerTenant {
+    type Rejection = QueryError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, QueryError> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or(QueryError::MissingApiKey)?;
+        let value = value.to_str().map_err(|_| QueryError::InvalidApiKey)?;
+        let (scheme, key) = value
+            .trim()
+            .split_once(' ')
+            .ok_or(QueryError::MissingApiKey)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(QueryError::MissingApiKey);
+        }
+        let tenant = state
+            .inner
+            .tenants
+            .authenticate(key.trim())
+            .ok_or(QueryError::InvalidApiKey)?;
+        Ok(CallerTenant(tenant.name.clone()))
+    }
+}
+
+/// Checks the projection name, then gathers its read model from every node.
+async fn gather(
+    state: &AppState,
+    name: &str,
+    tenant: &str,
+    range: TimeRange,
+    asked: QueryKind,
+) -> Result<Gathered, QueryError> {
+    let well_formed = !name.is_empty()
+        && name.len() <= MAX_PROJECTION_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !well_formed {
+        return Err(QueryError::UnknownProjection { name: name.into() });
+    }
+    gather::gather_read_model(&state.inner.nodes, name, tenant, range, asked).await
+}
+
+/// The merged read model, or, when no node holds any bucket of the tenant in the window, an
+/// empty one of the projection's kind.
+///
+/// The empty read model is built with the kind's default parameters. That is exact for the
+/// distinct, top and count answers, which are zero whatever the parameters; the membership
+/// answer, whose configured rate does depend on them, does not come through here.
+fn answerable(gathered: Gathered) -> (ReadModel, Freshness) {
+    let model = gathered
+        .read_model
+        .unwrap_or_else(|| empty_read_model(gathered.kind));
+    (model, gathered.freshness)
+}
+
+fn empty_read_model(kind: Kind) -> ReadModel {
+    ReadModel::new(&SketchParams::default_for(kind))
+        .expect("the default sketch parameters of every kind are valid")
+}
+
+fn window(projection: String, tenant: String, range: TimeRange, model: &ReadModel) -> Window {
+    Window {
+        projection,
+        tenant,
+        from: range.from,
+        to: range.to,
+        events: model.events(),
+    }
+}
+
+/// The read model is of another kind than the nodes said; gathering checks the kind first, so
+/// this means a node's bytes and its declared kind differ.
+fn kind_mismatch(name: &str, model: &ReadModel) -> QueryError {
+    QueryError::ProjectorsDisagree {
+        name: name.into(),
+        reason: format!("a node returned a {} read model", model.kind()),
+    }
+}
+
+fn query_pairs(
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Vec<(String, String)>, QueryError> {
+    query
+        .map(|Query(pairs)| pairs)
+        .map_err(|rejection| QueryError::InvalidQueryString(rejection.body_text()))
+}

@@ -1,0 +1,846 @@
+//! Router-level tests of the query API against fake projector nodes: small axum servers that
+//! serve the internal projector API with real read-model bytes built here with `readmodel`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use readmodel::{Kind, ReadModel, SketchParams};
+use schemas::tenant::TenantFile;
+
+use query_api::Config;
+
+const TENANTS: &str = r#"
+    [[tenant]]
+    name = "acme"
+    api_keys = ["acme-key-0001"]
+
+    [[tenant]]
+    name = "globex"
+    api_keys = ["globex-key-0001"]
+"#;
+const ACME_KEY: &str = "acme-key-0001";
+const GLOBEX_KEY: &str = "globex-key-0001";
+
+/// What one fake projector node serves.
+#[derive(Clone, Default)]
+struct FakeNode {
+    name: &'static str,
+    /// Partition numbers assigned to the node; lag is the partition number times 10, except
+    /// for partition 9, whose high watermark and lag are not known yet.
+    partitions: Vec<i32>,
+    /// (tenant, projection) -> base64 read-model bytes.
+    models: HashMap<(String, String), String>,
+    /// Wait this long before answering read-model calls.
+    delay: Option<Duration>,
+    /// Query strings of every read-model call, as received.
+    seen: Arc<Mutex<Vec<HashMap<String, String>>>>,
+}
+
+/// The projections every fake node knows.
+const PROJECTIONS: [(&str, Kind); 3] = [
+    ("visitors", Kind::Distinct),
+    ("pages", Kind::Top),
+    ("seen_users", Kind::Membership),
+];
+
+impl FakeNode {
+    fn new(name: &'static str, partitions: &[i32]) -> FakeNode {
+        FakeNode {
+            name,
+            partitions: partitions.to_vec(),
+            ..FakeNode::default()
+        }
+    }
+
+    fn with_model(mut self, tenant: &str, projection: &str, model: &ReadModel) -> FakeNode {
+        self.models.insert(
+            (tenant.to_owned(), projection.to_owned()),
+            BASE64.encode(model.to_bytes()),
+        );
+        self
+    }
+
+    fn partition_json(&self) -> Vec<Value> {
+        self.partitions
+            .iter()
+            .map(|&p| {
+                let known = p != 9;
+                json!({
+                    "partition": p,
+                    "next_offset": 100 + i64::from(p),
+                    "high_watermark": known.then(|| 100 + i64::from(p) * 11),
+                    "lag": known.then(|| i64::from(p) * 10),
+                    "last_event_ms": if p == 0 { Value::Null } else { json!(1_431_857_103_000_i64) },
+                })
+            })
+            .collect()
+    }
+
+    /// Serves the node on an ephemeral port; returns its base URL.
+    async fn start(self) -> String {
+        let node = Arc::new(self);
+        let app = Router::new()
+            .route("/internal/v1/projections", get(fake_projections))
+            .route("/internal/v1/partitions", get(fake_partitions))
+            .route(
+                "/internal/v1/read-models/{projection}",
+                get(fake_read_model),
+            )
+            .with_state(node);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{address}")
+    }
+}
+
+async fn fake_projections() -> Json<Value> {
+    let projections: Vec<Value> = PROJECTIONS
+        .iter()
+        .map(|(name, kind)| {
+            json!({"name": name, "kind": kind, "field": "key", "event_type": "page_view",
+                   "bucket_ms": 3_600_000})
+        })
+        .collect();
+    Json(json!({ "projections": projections }))
+}
+
+async fn fake_partitions(State(node): State<Arc<FakeNode>>) -> Json<Value> {
+    Json(json!({"node": node.name, "topic": "events", "partitions": node.partition_json()}))
+}
+
+async fn fake_read_model(
+    State(node): State<Arc<FakeNode>>,
+    Path(projection): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    node.seen.lock().unwrap().push(params.clone());
+    if let Some(delay) = node.delay {
+        tokio::time::sleep(delay).await;
+    }
+    let Some((_, kind)) = PROJECTIONS.iter().find(|(name, _)| *name == projection) else {
+        let error =
+            json!({"error": {"code": "unknown_projection", "message": "no such projection"}});
+        return (StatusCode::NOT_FOUND, Json(error)).into_response();
+    };
+    let tenant = params.get("tenant").cloned().unwrap_or_default();
+    let model = node.models.get(&(tenant, projection.clone()));
+    Json(json!({
+        "projection": projection,
+        "kind": kind,
+        "partitions": node.partition_json(),
+        "read_model": model,
+    }))
+    .into_response()
+}
+
+fn distinct_model(values: impl IntoIterator<Item = String>) -> ReadModel {
+    let mut model = ReadModel::new(&SketchParams::default_for(Kind::Distinct)).unwrap();
+    for value in values {
+        model.update(&value);
+    }
+    model
+}
+
+fn top_model(counts: &[(&str, usize)]) -> ReadModel {
+    let mut model = ReadModel::new(&SketchParams::default_for(Kind::Top)).unwrap();
+    for (item, times) in counts {
+        for _ in 0..*times {
+            model.update(item);
+        }
+    }
+    model
+}
+
+fn membership_model(items: &[&str]) -> ReadModel {
+    let mut model = ReadModel::new(&SketchParams::default_for(Kind::Membership)).unwrap();
+    for item in items {
+        model.update(item);
+    }
+    model
+}
+
+fn users(range: std::ops::Range<u32>) -> impl Iterator<Item = String> {
+    range.map(|i| format!("user-{i}"))
+}
+
+/// A metrics handle; the first call installs the process recorder so the metrics test can read
+/// what the other requests recorded.
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            query_api::register_histogram_buckets(PrometheusBuilder::new())
+                .unwrap()
+                .install_recorder()
+                .unwrap()
+        })
+        .clone()
+}
+
+fn config(projector_urls: Vec<String>, projector_timeout_ms: u64) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        projector_urls,
+        tenants_file: "unused-in-router-tests.toml".into(),
+        projector_timeout_ms,
+    }
+}
+
+/// Serves the query API router over the given nodes; returns its base URL.
+async fn start_query_api(projector_urls: Vec<String>) -> String {
+    start_query_api_with_timeout(projector_urls, 2_000).await
+}
+
+async fn start_query_api_with_timeout(projector_urls: Vec<String>, timeout_ms: u64) -> String {
+    let tenants = TenantFile::from_toml(TENANTS).unwrap();
+    let app = query_api::router(
+        &config(projector_urls, timeout_ms),
+        tenants,
+        metrics_handle(),
+    )
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{address}")
+}
+
+/// A URL where nothing listens.
+async fn dead_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address: SocketAddr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{address}")
+}
+
+async fn get_json(url: &str, key: Option<&str>) -> (StatusCode, Value) {
+    let mut request = reqwest::Client::new().get(url);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.unwrap();
+    let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+    let body = response.json::<Value>().await.unwrap();
+    (status, body)
+}
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {body}"))
+}
+
+#[tokio::test]
+async fn test_distinct_merges_the_union_across_two_nodes() {
+    let a = FakeNode::new("projector-1", &[2, 0])
+        .with_model("acme", "visitors", &distinct_model(users(0..1000)))
+        .start()
+        .await;
+    let b = FakeNode::new("projector-2", &[1])
+        .with_model("acme", "visitors", &distinct_model(users(500..1500)))
+        .start()
+        .await;
+    let api = start_query_api(vec![a.clone(), b.clone()]).await;
+
+    let (status, body) = get_json(
+        &format!("{api}/v1/projections/visitors/distinct"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["projection"], "visitors");
+    assert_eq!(body["tenant"], "acme");
+    assert_eq!(
+        body["events"], 2000,
+        "events are the exact sum of both nodes"
+    );
+    let distinct = &body["distinct"];
+    let estimate = distinct["estimate"].as_f64().unwrap();
+    let lower = distinct["lower_bound"].as_f64().unwrap();
+    let upper = distinct["upper_bound"].as_f64().unwrap();
+    assert!(lower <= 1500.0 && 1500.0 <= upper, "{distinct}");
+    assert!(
+        (estimate - 1500.0).abs() < 1500.0 * 0.05,
+        "union, not sum: {estimate}"
+    );
+    assert!(distinct["confidence"].as_f64().unwrap() > 0.9);
+
+    let freshness = &body["freshness"];
+    assert_eq!(freshness["complete"], true);
+    assert_eq!(freshness["nodes_unreachable"], json!([]));
+    assert_eq!(freshness["max_lag"], 20);
+    let partitions: Vec<(i64, &str)> = freshness["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["partition"].as_i64().unwrap(),
+                p["node"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        partitions,
+        vec![(0, a.as_str()), (1, b.as_str()), (2, a.as_str())]
+    );
+    let first = &freshness["partitions"][0];
+    assert_eq!(first["next_offset"], 100);
+    assert_eq!(first["high_watermark"], 100);
+    assert_eq!(first["lag"], 0);
+    assert_eq!(first["last_event_ms"], Value::Null);
+    assert_eq!(
+        freshness["partitions"][1]["last_event_ms"],
+        1_431_857_103_000_i64
+    );
+}
+
+#[tokio::test]
+async fn test_top_and_count_add_up_counts_across_nodes() {
+    let a = FakeNode::new("projector-1", &[0])
+        .with_model("acme", "pages", &top_model(&[("/home", 30), ("/about", 5)]))
+        .start()
+        .await;
+    let b = FakeNode::new("projector-2", &[1])
+        .with_model("acme", "pages", &top_model(&[("/home", 20), ("/docs", 40)]))
+        .start()
+        .await;
+    let api = start_query_api(vec![a, b]).await;
+
+    let (status, body) = get_json(
+        &format!("{api}/v1/projections/pages/top?k=2"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["events"], 95);
+    assert_eq!(body["k"], 2);
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["item"], "/home");
+    assert_eq!(
+        items[0]["estimate"], 50,
+        "30 on one node plus 20 on the other"
+    );
+    assert_eq!(items[1]["item"], "/docs");
+    assert_eq!(items[1]["estimate"], 40);
+    assert!(items[0]["lower_bound"].as_u64().unwrap() <= 50);
+    assert!(items[0]["upper_bound"].as_u64().unwrap() >= 50);
+
+    let (status, body) = get_json(
+        &format!("{api}/v1/projections/pages/count?item=%2Fhome"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let count = &body;
+    assert_eq!(count["item"], "/home");
+    assert!(
+        count["estimate"].as_u64().unwrap() >= 50,
+        "count-min never under-reports"
+    );
+    assert!(count["upper_bound"].as_u64().unwrap() >= count["estimate"].as_u64().unwrap());
+    assert!(count["lower_bound"].as_u64().unwrap() <= 50);
+    assert_eq!(count["total"], 95);
+
+    let (_, body) = get_json(
+        &format!("{api}/v1/projections/pages/count?item=never"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(body["lower_bound"], 0);
+}
+
+#[tokio::test]
+async fn test_contains_merges_filters_and_reports_rates() {
+    let a = FakeNode::new("projector-1", &[0])
+        .with_model("acme", "seen_users", &membership_model(&["alice"]))
+        .start()
+        .await;
+    let b = FakeNode::new("projector-2", &[1])
+        .with_model("acme", "seen_users", &membership_model(&["bob"]))
+        .start()
+        .await;
+    let api = start_query_api(vec![a, b]).await;
+
+    for item in ["alice", "bob"] {
+        let url = format!("{api}/v1/projections/seen_users/contains?item={item}");
+        let (status, body) = get_json(&url, Some(ACME_KEY)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["maybe_present"], true, "{item}: {body}");
+        assert_eq!(body["configured_false_positive_rate"], 0.01);
+        assert_eq!(body["events"], 2);
+    }
+    let url = format!("{api}/v1/projections/seen_users/contains?item=carol");
+    let (_, body) = get_json(&url, Some(ACME_KEY)).await;
+    assert_eq!(body["item"], "carol");
+    assert_eq!(body["maybe_present"], false);
+    assert!(body["estimated_false_positive_rate"].as_f64().unwrap() < 1e-6);
+}
+
+#[tokio::test]
+async fn test_bad_or_missing_key_is_401() {
+    let node = FakeNode::new("projector-1", &[0]);
+    let seen = node.seen.clone();
+    let api = start_query_api(vec![node.start().await]).await;
+    let url = format!("{api}/v1/projections/visitors/distinct");
+
+    let (status, body) = get_json(&url, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(&body), "missing_api_key");
+
+    let (status, body) = get_json(&url, Some("not-a-known-key")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(&body), "invalid_api_key");
+
+    let response = reqwest::Client::new()
+        .get(&url)
+        .header("authorization", format!("Basic {ACME_KEY}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+
+    let (status, _) = get_json(&format!("{api}/v1/projections"), Some("nope-nope-nope")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "no node is asked for an unauthenticated query"
+    );
+}
+
+#[tokio::test]
+async fn test_tenant_comes_from_the_key_only() {
+    let node = FakeNode::new("projector-1", &[0])
+        .with_model("acme", "visitors", &distinct_model(users(0..10)))
+        .with_model("globex", "visitors", &distinct_model(users(0..300)));
+    let seen = node.seen.clone();
+    let api = start_query_api(vec![node.start().await]).await;
+    let url = format!("{api}/v1/projections/visitors/distinct");
+
+    let (_, acme) = get_json(&url, Some(ACME_KEY)).await;
+    assert_eq!(acme["tenant"], "acme");
+    assert_eq!(acme["events"], 10);
+    let (_, globex) = get_json(&url, Some(GLOBEX_KEY)).await;
+    assert_eq!(globex["tenant"], "globex");
+    assert_eq!(globex["events"], 300);
+    let tenants: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|q| q["tenant"].clone())
+        .collect();
+    assert_eq!(tenants, vec!["acme", "globex"]);
+
+    let (status, body) = get_json(&format!("{url}?tenant=globex"), Some(ACME_KEY)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&body), "unknown_parameter");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("api key"),
+        "{body}"
+    );
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        2,
+        "a refused query asks no node"
+    );
+}
+
+#[tokio::test]
+async fn test_window_is_forwarded_in_epoch_ms() {
+    let node = FakeNode::new("projector-1", &[0]);
+    let seen = node.seen.clone();
+    let api = start_query_api(vec![node.start().await]).await;
+
+    let url = format!(
+        "{api}/v1/projections/visitors/distinct?from=2015-05-17T10:00:00Z&to=1431860400000"
+    );
+    let (status, body) = get_json(&url, Some(ACME_KEY)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["from"], 1_431_856_800_000_i64);
+    assert_eq!(body["to"], 1_431_860_400_000_i64);
+    let query = seen.lock().unwrap()[0].clone();
+    assert_eq!(query["from"], "1431856800000");
+    assert_eq!(query["to"], "1431860400000");
+
+    // No node holds a bucket in the window: the exact empty answer.
+    assert_eq!(body["events"], 0);
+    assert_eq!(body["distinct"]["estimate"], 0.0);
+    assert_eq!(body["distinct"]["upper_bound"], 0.0);
+
+    let url = format!("{api}/v1/projections/seen_users/contains?item=x");
+    let (_, body) = get_json(&url, Some(ACME_KEY)).await;
+    assert_eq!(body["maybe_present"], false);
+    assert_eq!(body["configured_false_positive_rate"], Value::Null);
+
+    let url = format!("{api}/v1/projections/pages/top");
+    let (_, body) = get_json(&url, Some(ACME_KEY)).await;
+    assert_eq!(body["items"], json!([]));
+    assert_eq!(body["k"], 10);
+}
+
+#[tokio::test]
+async fn test_bad_parameters_are_400() {
+    let node = FakeNode::new("projector-1", &[0]);
+    let seen = node.seen.clone();
+    let api = start_query_api(vec![node.start().await]).await;
+
+    let cases = [
+        ("visitors/distinct?from=yesterday", "invalid_parameter"),
+        (
+            "visitors/distinct?from=2015-05-17T10:00:00Z&to=2015-05-17T09:00:00Z",
+            "invalid_time_range",
+        ),
+        ("visitors/distinct?from=5&from=6", "duplicate_parameter"),
+        ("visitors/distinct?k=3", "unknown_parameter"),
+        ("pages/top?k=0", "invalid_parameter"),
+        ("pages/top?k=1001", "invalid_parameter"),
+        ("pages/top?k=many", "invalid_parameter"),
+        ("pages/count", "missing_parameter"),
+        ("seen_users/contains?to=1", "missing_parameter"),
+    ];
+    for (path, code) in cases {
+        let (status, body) =
+            get_json(&format!("{api}/v1/projections/{path}"), Some(ACME_KEY)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert_eq!(error_code(&body), code, "{path}: {body}");
+        assert!(!body["error"]["message"].as_str().unwrap().is_empty());
+    }
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "bad parameters never reach a node"
+    );
+
+    let (status, body) = get_json(
+        &format!("{api}/v1/projections/pages/top?k=1000"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "k=1000 is allowed: {body}");
+}
+
+#[tokio::test]
+async fn test_query_of_the_wrong_kind_says_what_the_projection_supports() {
+    let api = start_query_api(vec![FakeNode::new("projector-1", &[0]).start().await]).await;
+
+    let (status, body) = get_json(
+        &format!("{api}/v1/projections/visitors/top"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&body), "unsupported_query");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("distinct projection") && message.contains("supports: distinct"),
+        "{message}"
+    );
+
+    let url = format!("{api}/v1/projections/pages/contains?item=x");
+    let (status, body) = get_json(&url, Some(ACME_KEY)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("top, count"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn test_unknown_projection_and_route_are_404() {
+    let api = start_query_api(vec![FakeNode::new("projector-1", &[0]).start().await]).await;
+
+    for name in ["nope", "Not%20Valid", "..", "a%2Fb"] {
+        let url = format!("{api}/v1/projections/{name}/distinct");
+        let (status, body) = get_json(&url, Some(ACME_KEY)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{name}: {body}");
+        assert!(
+            ["unknown_projection", "not_found"].contains(&error_code(&body)),
+            "{name}: {body}"
+        );
+    }
+    let (_, body) = get_json(
+        &format!("{api}/v1/projections/nope/distinct"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(error_code(&body), "unknown_projection");
+
+    let (status, body) = get_json(&format!("{api}/v2/anything"), Some(ACME_KEY)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error_code(&body), "not_found");
+
+    let response = reqwest::Client::new()
+        .post(format!("{api}/v1/projections"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body), "method_not_allowed");
+}
+
+#[tokio::test]
+async fn test_a_node_down_is_listed_and_the_rest_answers() {
+    let up = FakeNode::new("projector-1", &[0])
+        .with_model("acme", "visitors", &distinct_model(users(0..100)))
+        .start()
+        .await;
+    let down = dead_url().await;
+    let api = start_query_api(vec![up.clone(), down.clone()]).await;
+
+    let (status, body) = get_json(
+        &format!("{api}/v1/projections/visitors/distinct"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["events"], 100);
+    assert_eq!(body["freshness"]["complete"], false);
+    assert_eq!(body["freshness"]["nodes_unreachable"], json!([down]));
+    assert_eq!(body["freshness"]["partitions"][0]["node"], up);
+
+    let (status, body) = get_json(&format!("{api}/v1/projections"), Some(ACME_KEY)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["complete"], false);
+    assert_eq!(body["nodes_unreachable"], json!([down]));
+}
+
+#[tokio::test]
+async fn test_a_node_sending_bad_bytes_is_listed_not_merged() {
+    let good = FakeNode::new("projector-1", &[0])
+        .with_model("acme", "visitors", &distinct_model(users(0..40)))
+        .start()
+        .await;
+    let mut bad = FakeNode::new("projector-2", &[1]);
+    bad.models.insert(
+        ("acme".to_owned(), "visitors".to_owned()),
+        BASE64.encode(b"not a read model"),
+    );
+    let bad = bad.start().await;
+    let api = start_query_api(vec![good, bad.clone()]).await;
+
+    let url = format!("{api}/v1/projections/visitors/distinct");
+    let (status, body) = get_json(&url, Some(ACME_KEY)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["events"], 40);
+    assert_eq!(body["freshness"]["complete"], false);
+    assert_eq!(body["freshness"]["nodes_unreachable"], json!([bad]));
+    let partitions = body["freshness"]["partitions"].as_array().unwrap();
+    assert_eq!(
+        partitions.len(),
+        1,
+        "the bad node's partitions are not claimed: {body}"
+    );
+}
+
+#[tokio::test]
+async fn test_no_node_answering_is_503() {
+    let api = start_query_api(vec![dead_url().await, dead_url().await]).await;
+    for path in ["/v1/projections/visitors/distinct", "/v1/projections"] {
+        let (status, body) = get_json(&format!("{api}{path}"), Some(ACME_KEY)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {body}");
+        assert_eq!(error_code(&body), "projectors_unavailable");
+    }
+}
+
+#[tokio::test]
+async fn test_a_slow_node_times_out_and_is_listed() {
+    let fast = FakeNode::new("projector-1", &[0])
+        .with_model("acme", "visitors", &distinct_model(users(0..5)))
+        .start()
+        .await;
+    let mut slow = FakeNode::new("projector-2", &[1]);
+    slow.delay = Some(Duration::from_secs(5));
+    let slow = slow.start().await;
+    let api = start_query_api_with_timeout(vec![fast, slow.clone()], 300).await;
+
+    let started = std::time::Instant::now();
+    let (status, body) = get_json(
+        &format!("{api}/v1/projections/visitors/distinct"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(body["events"], 5);
+    assert_eq!(body["freshness"]["nodes_unreachable"], json!([slow]));
+}
+
+#[tokio::test]
+async fn test_a_partition_reported_by_two_nodes_is_refused() {
+    let model = distinct_model(users(0..10));
+    let a = FakeNode::new("projector-1", &[0, 1])
+        .with_model("acme", "visitors", &model)
+        .start()
+        .await;
+    let b = FakeNode::new("projector-2", &[1])
+        .with_model("acme", "visitors", &model)
+        .start()
+        .await;
+    let api = start_query_api(vec![a, b]).await;
+    let (status, body) = get_json(
+        &format!("{api}/v1/projections/visitors/distinct"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(error_code(&body), "partition_overlap");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("partition 1"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn test_projections_lists_definitions_and_all_partitions() {
+    let a = FakeNode::new("projector-1", &[3, 0, 9]).start().await;
+    let b = FakeNode::new("projector-2", &[1, 2]).start().await;
+    let api = start_query_api(vec![a.clone(), b.clone()]).await;
+
+    let (status, body) = get_json(&format!("{api}/v1/projections"), Some(GLOBEX_KEY)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let projections = body["projections"].as_array().unwrap();
+    assert_eq!(projections.len(), 3);
+    assert_eq!(projections[0]["name"], "visitors");
+    assert_eq!(projections[0]["kind"], "distinct");
+    assert_eq!(projections[0]["bucket_ms"], 3_600_000);
+    assert_eq!(projections[1]["kind"], "top");
+    let partitions: Vec<(i64, &str)> = body["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["partition"].as_i64().unwrap(),
+                p["node"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        partitions,
+        vec![
+            (0, a.as_str()),
+            (1, b.as_str()),
+            (2, b.as_str()),
+            (3, a.as_str()),
+            (9, a.as_str()),
+        ]
+    );
+    assert_eq!(body["partitions"][4]["lag"], Value::Null);
+    assert_eq!(body["partitions"][4]["high_watermark"], Value::Null);
+    assert_eq!(body["max_lag"], 30, "the largest known lag");
+    assert_eq!(body["complete"], true);
+}
+
+#[tokio::test]
+async fn test_healthz_and_metrics() {
+    let api = start_query_api(vec![dead_url().await]).await;
+    let (status, body) = get_json(&format!("{api}/healthz"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "ok");
+
+    // One refused and one failed query, then the counters must show both.
+    let url = format!("{api}/v1/projections/visitors/distinct");
+    let (status, _) = get_json(&url, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = get_json(&url, Some(ACME_KEY)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+
+    let response = reqwest::get(format!("{api}/metrics")).await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains(
+            r#"query_api_requests_total{endpoint="/v1/projections/{name}/distinct",status="401"}"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"query_api_requests_total{endpoint="/v1/projections/{name}/distinct",status="503"}"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("query_api_request_duration_seconds_bucket{"),
+        "{text}"
+    );
+    assert!(text.contains("query_api_projector_errors_total{"), "{text}");
+    assert!(text.contains(r#"reason="unreachable""#), "{text}");
+}
+
+#[tokio::test]
+async fn test_serve_loads_tenants_and_stops_on_shutdown() {
+    let node = FakeNode::new("projector-1", &[0])
+        .with_model("acme", "visitors", &distinct_model(users(0..7)))
+        .start()
+        .await;
+    let tenants_file =
+        std::env::temp_dir().join(format!("query-api-tenants-{}.toml", std::process::id()));
+    std::fs::write(&tenants_file, TENANTS).unwrap();
+    let mut config = config(vec![node], 2_000);
+    config.tenants_file = tenants_file.clone();
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(query_api::serve(
+        config,
+        listener,
+        metrics_handle(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
+    let url = format!("http://{address}/v1/projections/visitors/distinct");
+    let (status, body) = get_json(&url, Some(ACME_KEY)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["events"], 7);
+
+    stop.send(()).unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+    std::fs::remove_file(&tenants_file).unwrap();
+    result.unwrap();
+
+    let mut missing = config_with_missing_tenants();
+    missing.projector_urls = vec![dead_url().await];
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = query_api::serve(missing, listener, metrics_handle(), async {})
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("tenant file"), "{err:#}");
+}
+
+fn config_with_missing_tenants() -> Config {
+    let mut config = config(vec![], 2_000);
+    config.tenants_file = "/nonexistent/query-api/tenants.toml".into();
+    config
+}
