@@ -1,0 +1,103 @@
+//! Projector configuration: read from TOML into [`Config`], validated before anything starts.
+//!
+//! Relative paths are resolved against the working directory of the process.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// Everything one projector node needs. Unknown fields are rejected so that a typo is an error,
+/// not a silently ignored setting.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Kafka bootstrap servers, `host:port[,host:port]`.
+    pub brokers: String,
+    /// The event topic written by ingest.
+    pub topic: String,
+    /// Consumer group shared by every projector node that serves the same read models.
+    pub group_id: String,
+    /// Name of this node in query answers; several nodes of a group need distinct names.
+    #[serde(default = "default_node_name")]
+    pub node_name: String,
+    /// Directory of this node's sled store. Only this process opens it.
+    pub store_path: PathBuf,
+    /// The projection file declaring which read models exist.
+    pub projections_file: PathBuf,
+    /// Address of the internal endpoint the query API reads sketches from.
+    pub internal_listen: SocketAddr,
+    /// A batch is written once it holds this many records...
+    #[serde(default = "default_batch_max_records")]
+    pub batch_max_records: usize,
+    /// ...or once its oldest record has waited this long.
+    #[serde(default = "default_batch_interval_ms")]
+    pub batch_interval_ms: u64,
+    /// sled page cache size.
+    #[serde(default = "default_store_cache_bytes")]
+    pub store_cache_bytes: u64,
+    /// How often the high watermark of each partition is read, for lag.
+    #[serde(default = "default_watermark_interval_ms")]
+    pub watermark_interval_ms: u64,
+}
+
+fn default_node_name() -> String {
+    "projector-1".to_owned()
+}
+
+fn default_batch_max_records() -> usize {
+    5_000
+}
+
+fn default_batch_interval_ms() -> u64 {
+    200
+}
+
+fn default_store_cache_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
+fn default_watermark_interval_ms() -> u64 {
+    1_000
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read projector config {}", path.display()))?;
+        Config::from_toml(&text)
+            .with_context(|| format!("invalid projector config {}", path.display()))
+    }
+
+    /// Parses and validates config TOML.
+    pub fn from_toml(text: &str) -> anyhow::Result<Config> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values that TOML types alone cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.brokers.trim().is_empty() {
+            bail!("brokers is empty: set it to the Kafka bootstrap servers, e.g. 127.0.0.1:9092");
+        }
+        if self.topic.trim().is_empty() || self.group_id.trim().is_empty() {
+            bail!("topic and group_id must not be empty");
+        }
+        if self.node_name.trim().is_empty() {
+            bail!("node_name must not be empty");
+        }
+        if self.batch_max_records == 0 {
+            bail!("batch_max_records must be at least 1");
+        }
+        if !(1..=60_000).contains(&self.batch_interval_ms) {
+            bail!("batch_interval_ms must be between 1 and 60000");
+        }
+        if self.watermark_interval_ms == 0 {
+            bail!("watermark_interval_ms must be at least 1");
+        }
+        Ok(())
+    }
+}

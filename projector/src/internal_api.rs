@@ -1,0 +1,166 @@
+//! The projector's internal HTTP endpoint: sketch bytes and partition positions for the query
+//! API.
+//!
+//! It serves only the partitions currently assigned to this node, so when the query API merges
+//! the answers of every node, each partition is counted once. It is not meant to face clients:
+//! it has no authentication and takes the tenant as a parameter, trusting the query API to pass
+//! the tenant of the caller's key. Bind it to an internal address.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine;
+use metrics_exporter_prometheus::PrometheusHandle;
+use readmodel::{Kind, ProjectionFile};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tracing::error;
+
+use crate::assignment::{Assignment, PartitionStatus};
+use crate::store::Store;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct InternalState {
+    pub node_name: String,
+    pub topic: String,
+    pub projections: Arc<ProjectionFile>,
+    pub store: Store,
+    pub assignment: Assignment,
+    pub metrics: PrometheusHandle,
+}
+
+/// The internal router.
+pub fn router(state: InternalState) -> Router {
+    Router::new()
+        .route("/internal/v1/projections", get(projections))
+        .route("/internal/v1/partitions", get(partitions))
+        .route("/internal/v1/read-models/{projection}", get(read_model))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(render_metrics))
+        .with_state(state)
+}
+
+#[derive(Serialize)]
+struct ProjectionInfo<'a> {
+    name: &'a str,
+    kind: Kind,
+    field: String,
+    event_type: Option<&'a str>,
+    bucket_ms: i64,
+}
+
+async fn projections(State(state): State<InternalState>) -> Response {
+    let projections: Vec<ProjectionInfo<'_>> = state
+        .projections
+        .projections
+        .iter()
+        .map(|p| ProjectionInfo {
+            name: &p.name,
+            kind: p.kind,
+            field: p.field.to_string(),
+            event_type: p.event_type.as_deref(),
+            bucket_ms: p.bucket_ms,
+        })
+        .collect();
+    Json(json!({ "projections": projections })).into_response()
+}
+
+#[derive(Serialize)]
+struct PartitionsAnswer {
+    node: String,
+    topic: String,
+    partitions: Vec<PartitionStatus>,
+}
+
+async fn partitions(State(state): State<InternalState>) -> Json<PartitionsAnswer> {
+    Json(PartitionsAnswer {
+        node: state.node_name.clone(),
+        topic: state.topic.clone(),
+        partitions: state.assignment.snapshot(),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RangeParams {
+    tenant: String,
+    from: Option<i64>,
+    to: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct ReadModelAnswer<'a> {
+    projection: &'a str,
+    kind: Kind,
+    partitions: Vec<PartitionStatus>,
+    /// Standard base64 of the merged read-model bytes; `null` when nothing was folded.
+    read_model: Option<String>,
+}
+
+async fn read_model(
+    State(state): State<InternalState>,
+    Path(name): Path<String>,
+    Query(params): Query<RangeParams>,
+) -> Response {
+    let Some(projection) = state.projections.get(&name) else {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "unknown_projection",
+            format!("no projection named {name:?}; GET /internal/v1/projections lists them"),
+        );
+    };
+    let from = params.from.unwrap_or(i64::MIN);
+    let to = params.to.unwrap_or(i64::MAX);
+    // Positions first: the state read after them is at least as fresh as they say.
+    let partitions = state.assignment.snapshot();
+    let owned: Vec<i32> = partitions.iter().map(|p| p.partition).collect();
+    let store = state.store.clone();
+    let tenant = params.tenant;
+    let merged = tokio::task::spawn_blocking(move || {
+        store.merged_range(&name, &tenant, from, to, |p| owned.contains(&p))
+    })
+    .await;
+    match merged {
+        Ok(Ok(model)) => Json(ReadModelAnswer {
+            projection: &projection.name,
+            kind: projection.kind,
+            partitions,
+            read_model: model
+                .map(|m| base64::engine::general_purpose::STANDARD.encode(m.to_bytes())),
+        })
+        .into_response(),
+        Ok(Err(e)) => {
+            error!(error = %e, "cannot read the store");
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "store_error",
+                e.to_string(),
+            )
+        }
+        Err(e) => {
+            error!(error = %e, "store read task failed");
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "store_error",
+                "store read failed".to_owned(),
+            )
+        }
+    }
+}
+
+async fn render_metrics(State(state): State<InternalState>) -> String {
+    state.metrics.render()
+}
+
+fn error_response(status: StatusCode, code: &str, message: String) -> Response {
+    (
+        status,
+        Json(json!({ "error": { "code": code, "message": message } })),
+    )
+        .into_response()
+}

@@ -1,0 +1,111 @@
+//! The projector: a Kafka consumer-group member that folds the event log into sketch read models
+//! stored in sled, and serves them to the query API over an internal endpoint.
+//!
+//! - [`serve`] runs one node: the consumer loop ([`consumer`]), the watermark reader for lag, and
+//!   the internal endpoint ([`internal_api`]).
+//! - [`replay::replay`] rebuilds every projection from the start of the topic into fresh state.
+//!
+//! Only the projector writes the read-model store, and only one process opens it.
+
+pub mod assignment;
+pub mod config;
+pub mod consumer;
+pub mod fold;
+pub mod internal_api;
+pub mod replay;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use readmodel::ProjectionFile;
+use tokio::net::TcpListener;
+use tracing::info;
+
+pub use config::Config;
+
+use assignment::Assignment;
+use fold::Folder;
+use internal_api::InternalState;
+use store::Store;
+
+/// Runs one projector node until `shutdown` resolves or the consumer fails. On shutdown the
+/// pending batch is written and the store closed before this returns.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    metrics: PrometheusHandle,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let projections = Arc::new(ProjectionFile::load(&config.projections_file).with_context(
+        || {
+            format!(
+                "invalid projection file {}",
+                config.projections_file.display()
+            )
+        },
+    )?);
+    let store = Store::open(&config.store_path, config.store_cache_bytes)?;
+    store.check_definitions(&projections)?;
+    let assignment = Assignment::default();
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // The consumer and the watermark reader block on librdkafka; each gets its own thread.
+    let consumer = {
+        let (config, store, assignment, stop) = (
+            config.clone(),
+            store.clone(),
+            assignment.clone(),
+            stop.clone(),
+        );
+        let folder = Folder::new(projections.clone(), store.clone());
+        tokio::task::spawn_blocking(move || {
+            let result = consumer::run(&config, folder, store, assignment, stop.clone());
+            // A failed consumer stops the whole node.
+            stop.store(true, Ordering::Relaxed);
+            result
+        })
+    };
+    let watermarks = {
+        let (config, assignment, stop) = (config.clone(), assignment.clone(), stop.clone());
+        tokio::task::spawn_blocking(move || consumer::watch_watermarks(&config, assignment, stop))
+    };
+
+    let state = InternalState {
+        node_name: config.node_name.clone(),
+        topic: config.topic.clone(),
+        projections,
+        store: store.clone(),
+        assignment,
+        metrics,
+    };
+    info!(listen = %listener.local_addr()?, node = %config.node_name, "projector internal endpoint up");
+    let stopped = {
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = wait_for(stop.clone()) => {}
+            }
+            stop.store(true, Ordering::Relaxed);
+        }
+    };
+    axum::serve(listener, internal_api::router(state))
+        .with_graceful_shutdown(stopped)
+        .await
+        .context("internal endpoint failed")?;
+
+    let consumed = consumer.await.context("consumer thread panicked")?;
+    watermarks.await.context("watermark thread panicked")??;
+    store.flush()?;
+    consumed
+}
+
+async fn wait_for(flag: Arc<AtomicBool>) {
+    while !flag.load(Ordering::Relaxed) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

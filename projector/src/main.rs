@@ -1,0 +1,92 @@
+//! `projector`: runs a projector node, or rebuilds its read models from the log.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use metrics_exporter_prometheus::PrometheusBuilder;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(about = "Folds the event log into sketch read models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume the topic and serve the internal endpoint until SIGINT or SIGTERM.
+    Run {
+        #[arg(
+            long,
+            env = "PROJECTOR_CONFIG",
+            default_value = "deploy/projector.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Rebuild every projection from the start of the topic into fresh state, then swap it in.
+    /// The node must be stopped.
+    Replay {
+        #[arg(
+            long,
+            env = "PROJECTOR_CONFIG",
+            default_value = "deploy/projector.toml"
+        )]
+        config: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    match cli.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init(),
+    }
+
+    match cli.command {
+        Command::Run { config } => {
+            let config = projector::Config::load(&config)?;
+            let metrics = PrometheusBuilder::new()
+                .install_recorder()
+                .context("cannot install the metrics recorder")?;
+            let listener = tokio::net::TcpListener::bind(config.internal_listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.internal_listen))?;
+            projector::serve(config, listener, metrics, shutdown_signal()).await
+        }
+        Command::Replay { config } => {
+            let config = projector::Config::load(&config)?;
+            let summary = tokio::task::spawn_blocking(move || projector::replay::replay(&config))
+                .await
+                .context("replay panicked")??;
+            println!("{summary}");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("cannot install the SIGTERM handler");
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

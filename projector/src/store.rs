@@ -1,0 +1,434 @@
+//! The read-model store: one sled tree holding, per partition, the sketches folded from that
+//! partition and the next offset to read from it.
+//!
+//! Guarantee: [`Store::write`] applies a [`StoreBatch`] atomically, so the sketches and the offset
+//! they were folded up to always move together. After a crash the store holds the state of some
+//! completed batch; the records after its offsets are read again from Kafka and folded once.
+//! sled flushes its log on its own timer (every 500 ms by default), so a crash may lose the last
+//! batches, never half of one; they are rebuilt from the log. Only the projector process opens the
+//! store.
+//!
+//! Key layout (all in the tree `state`):
+//! - `o` + partition (u32, big endian) -> [`PartitionOffset`]
+//! - `d` + projection name -> the projection's definition the state was built with
+//! - `m` + projection + tenant (each u16-length-prefixed) + bucket start (i64, big endian with the
+//!   sign bit flipped so that keys sort by time) + partition (u32, big endian) -> read-model bytes
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use readmodel::{Projection, ProjectionFile, ReadModel};
+
+/// Where a partition's folded state stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionOffset {
+    /// The offset of the next record to fold.
+    pub next_offset: i64,
+    /// Event time of the last record folded, epoch ms; `i64::MIN` when none carried one.
+    pub last_event_ms: i64,
+}
+
+/// The address of one stored sketch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModelKey {
+    pub projection: String,
+    pub tenant: String,
+    pub bucket_start: i64,
+    pub partition: i32,
+}
+
+/// Changes written together by [`Store::write`].
+#[derive(Default)]
+pub struct StoreBatch {
+    batch: sled::Batch,
+    empty: bool,
+}
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "cannot open the read-model store at {path}: {source} (is another projector using it? \
+         each node needs its own store_path)"
+    )]
+    Open { path: String, source: sled::Error },
+    #[error("read-model store i/o failed: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored bytes under {key} are unreadable: {reason}; rebuild with `projector replay`")]
+    Corrupt { key: String, reason: String },
+    #[error(
+        "projection {name:?} changed since its state was built (stored: {stored}; now: {now}); \
+         run `projector replay` to rebuild the read models, or restore the old definition"
+    )]
+    DefinitionChanged {
+        name: String,
+        stored: String,
+        now: String,
+    },
+}
+
+/// A handle on the store; cheap to clone, safe to share between threads.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    state: sled::Tree,
+}
+
+const OFFSET_PREFIX: u8 = b'o';
+const DEFINITION_PREFIX: u8 = b'd';
+const MODEL_PREFIX: u8 = b'm';
+
+impl Store {
+    /// Opens (or creates) the store at `path` with a page cache of `cache_bytes`.
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let state = db.open_tree("state")?;
+        Ok(Store { db, state })
+    }
+
+    /// Records the definition of every projection on first use and refuses to serve state that
+    /// was built from a different definition of the same name.
+    pub fn check_definitions(&self, projections: &ProjectionFile) -> Result<(), StoreError> {
+        for projection in &projections.projections {
+            let key = definition_key(&projection.name);
+            let now = definition_of(projection);
+            match self.state.get(&key)? {
+                Some(stored) if stored.as_ref() != now.as_bytes() => {
+                    return Err(StoreError::DefinitionChanged {
+                        name: projection.name.clone(),
+                        stored: String::from_utf8_lossy(&stored).into_owned(),
+                        now,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    self.state.insert(key, now.as_bytes())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The stored position of one partition, if anything was folded from it.
+    pub fn offset(&self, partition: i32) -> Result<Option<PartitionOffset>, StoreError> {
+        let key = offset_key(partition);
+        match self.state.get(key)? {
+            Some(bytes) => decode_offset(&bytes)
+                .map(Some)
+                .ok_or_else(|| StoreError::Corrupt {
+                    key: format!("offset of partition {partition}"),
+                    reason: format!("expected 16 bytes, found {}", bytes.len()),
+                }),
+            None => Ok(None),
+        }
+    }
+
+    /// Every stored partition position.
+    pub fn offsets(&self) -> Result<BTreeMap<i32, PartitionOffset>, StoreError> {
+        let mut offsets = BTreeMap::new();
+        for entry in self.state.scan_prefix([OFFSET_PREFIX]) {
+            let (key, value) = entry?;
+            let partition = key
+                .get(1..5)
+                .and_then(|b| b.try_into().ok())
+                .map(|b: [u8; 4]| u32::from_be_bytes(b) as i32);
+            match (partition, decode_offset(&value)) {
+                (Some(partition), Some(offset)) => {
+                    offsets.insert(partition, offset);
+                }
+                _ => {
+                    return Err(StoreError::Corrupt {
+                        key: format!("{key:?}"),
+                        reason: "malformed partition offset entry".into(),
+                    });
+                }
+            }
+        }
+        Ok(offsets)
+    }
+
+    /// One stored sketch.
+    pub fn read_model(&self, key: &ModelKey) -> Result<Option<ReadModel>, StoreError> {
+        match self.state.get(encode_model_key(key))? {
+            Some(bytes) => {
+                ReadModel::from_bytes(&bytes)
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt {
+                        key: format!("{key:?}"),
+                        reason: e.to_string(),
+                    })
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Merges the sketches of `projection` for `tenant` whose bucket starts lie in `[from, to)`,
+    /// over the partitions for which `include` is true. `None` when there are none.
+    pub fn merged_range(
+        &self,
+        projection: &str,
+        tenant: &str,
+        from: i64,
+        to: i64,
+        include: impl Fn(i32) -> bool,
+    ) -> Result<Option<ReadModel>, StoreError> {
+        let prefix = model_prefix(projection, tenant);
+        let mut start = prefix.clone();
+        start.extend_from_slice(&sortable_i64(from));
+        let mut end = prefix.clone();
+        end.extend_from_slice(&sortable_i64(to));
+
+        let mut merged: Option<ReadModel> = None;
+        for entry in self.state.range(start..end) {
+            let (key, value) = entry?;
+            let partition_bytes: [u8; 4] = key[key.len() - 4..].try_into().expect("4 bytes");
+            let partition = u32::from_be_bytes(partition_bytes) as i32;
+            if !include(partition) {
+                continue;
+            }
+            let model = ReadModel::from_bytes(&value).map_err(|e| StoreError::Corrupt {
+                key: format!("{projection}/{tenant}/partition {partition}"),
+                reason: e.to_string(),
+            })?;
+            match merged.as_mut() {
+                Some(merged) => merged.merge(&model).map_err(|e| StoreError::Corrupt {
+                    key: format!("{projection}/{tenant}/partition {partition}"),
+                    reason: e.to_string(),
+                })?,
+                None => merged = Some(model),
+            }
+        }
+        Ok(merged)
+    }
+
+    /// Applies a batch atomically.
+    pub fn write(&self, batch: StoreBatch) -> Result<(), StoreError> {
+        if !batch.empty {
+            self.state.apply_batch(batch.batch)?;
+        }
+        Ok(())
+    }
+
+    /// Forces everything written so far to disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+impl StoreBatch {
+    /// Stages a sketch.
+    pub fn put_model(&mut self, key: &ModelKey, model: &ReadModel) {
+        self.batch.insert(encode_model_key(key), model.to_bytes());
+        self.empty = false;
+    }
+
+    /// Stages a partition position.
+    pub fn put_offset(&mut self, partition: i32, offset: PartitionOffset) {
+        let mut value = [0u8; 16];
+        value[..8].copy_from_slice(&offset.next_offset.to_le_bytes());
+        value[8..].copy_from_slice(&offset.last_event_ms.to_le_bytes());
+        self.batch.insert(&offset_key(partition)[..], &value[..]);
+        self.empty = false;
+    }
+}
+
+/// The canonical text of a definition: what, if changed, makes stored state incompatible.
+fn definition_of(projection: &Projection) -> String {
+    format!(
+        "kind={:?} field={} event_type={:?} bucket_ms={} params={:?}",
+        projection.kind,
+        projection.field,
+        projection.event_type,
+        projection.bucket_ms,
+        projection.params
+    )
+}
+
+fn definition_key(name: &str) -> Vec<u8> {
+    let mut key = vec![DEFINITION_PREFIX];
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+fn offset_key(partition: i32) -> [u8; 5] {
+    let mut key = [OFFSET_PREFIX, 0, 0, 0, 0];
+    key[1..].copy_from_slice(&(partition as u32).to_be_bytes());
+    key
+}
+
+fn decode_offset(bytes: &[u8]) -> Option<PartitionOffset> {
+    let next_offset = i64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let last_event_ms = i64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?);
+    (bytes.len() == 16).then_some(PartitionOffset {
+        next_offset,
+        last_event_ms,
+    })
+}
+
+fn model_prefix(projection: &str, tenant: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(5 + projection.len() + tenant.len() + 12);
+    key.push(MODEL_PREFIX);
+    for part in [projection, tenant] {
+        key.extend_from_slice(&(part.len() as u16).to_be_bytes());
+        key.extend_from_slice(part.as_bytes());
+    }
+    key
+}
+
+fn encode_model_key(key: &ModelKey) -> Vec<u8> {
+    let mut bytes = model_prefix(&key.projection, &key.tenant);
+    bytes.extend_from_slice(&sortable_i64(key.bucket_start));
+    bytes.extend_from_slice(&(key.partition as u32).to_be_bytes());
+    bytes
+}
+
+/// Big-endian bytes that sort like the signed value.
+fn sortable_i64(value: i64) -> [u8; 8] {
+    ((value as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_store() -> (Store, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "projector-store-test-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        (Store::open(&dir, 1 << 20).unwrap(), dir)
+    }
+
+    fn projections() -> ProjectionFile {
+        ProjectionFile::from_toml(
+            r#"
+            [[projection]]
+            name = "visitors"
+            kind = "distinct"
+            field = "key"
+            bucket = "1h"
+            "#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn test_store_batch_writes_models_and_offsets_together() {
+        let (store, dir) = temp_store();
+        let projection = projections().projections.remove(0);
+        let mut model = projection.new_read_model();
+        model.update("a");
+        model.update("b");
+        let key = ModelKey {
+            projection: "visitors".into(),
+            tenant: "t".into(),
+            bucket_start: 3_600_000,
+            partition: 2,
+        };
+        let mut batch = StoreBatch::default();
+        batch.put_model(&key, &model);
+        batch.put_offset(
+            2,
+            PartitionOffset {
+                next_offset: 17,
+                last_event_ms: 3_600_001,
+            },
+        );
+        store.write(batch).unwrap();
+
+        let read = store.read_model(&key).unwrap().unwrap();
+        assert_eq!(read.to_bytes(), model.to_bytes());
+        assert_eq!(store.offset(2).unwrap().unwrap().next_offset, 17);
+        assert_eq!(store.offset(3).unwrap(), None);
+        assert_eq!(store.offsets().unwrap().len(), 1);
+        drop(store);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn test_store_merged_range_respects_time_and_partitions() {
+        let (store, dir) = temp_store();
+        let projection = projections().projections.remove(0);
+        let mut batch = StoreBatch::default();
+        // Buckets at -1h, 0h, 1h, 2h on partitions 0 and 1; one value per sketch.
+        for (i, bucket) in [-3_600_000i64, 0, 3_600_000, 7_200_000].iter().enumerate() {
+            for partition in 0..2 {
+                let mut model = projection.new_read_model();
+                model.update(&format!("v{i}-{partition}"));
+                let key = ModelKey {
+                    projection: "visitors".into(),
+                    tenant: "t".into(),
+                    bucket_start: *bucket,
+                    partition,
+                };
+                batch.put_model(&key, &model);
+            }
+        }
+        store.write(batch).unwrap();
+
+        let all = store
+            .merged_range("visitors", "t", i64::MIN, i64::MAX, |_| true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(all.events(), 8);
+        let window = store
+            .merged_range("visitors", "t", -3_600_000, 3_600_000, |_| true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(window.events(), 4);
+        let one_partition = store
+            .merged_range("visitors", "t", i64::MIN, i64::MAX, |p| p == 1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(one_partition.events(), 4);
+        assert!(
+            store
+                .merged_range("visitors", "other", i64::MIN, i64::MAX, |_| true)
+                .unwrap()
+                .is_none()
+        );
+        drop(store);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn test_store_refuses_changed_definition() {
+        let (store, dir) = temp_store();
+        store.check_definitions(&projections()).unwrap();
+        store.check_definitions(&projections()).unwrap();
+        let changed = ProjectionFile::from_toml(
+            r#"
+            [[projection]]
+            name = "visitors"
+            kind = "distinct"
+            field = "key"
+            bucket = "1d"
+            "#,
+        )
+        .unwrap();
+        let err = store.check_definitions(&changed).unwrap_err().to_string();
+        assert!(err.contains("projector replay"), "{err}");
+        drop(store);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn test_sortable_i64_orders_like_signed() {
+        let values = [i64::MIN, -5, -1, 0, 1, 7, i64::MAX];
+        for pair in values.windows(2) {
+            assert!(sortable_i64(pair[0]) < sortable_i64(pair[1]));
+        }
+    }
+}
