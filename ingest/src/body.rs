@@ -1,0 +1,144 @@
+//! Request body formats: which content types and encodings ingest reads, and gzip decoding with
+//! a hard bound.
+//!
+//! Guarantee: decoding a gzip body never holds more than `limit + 1` decoded bytes, however
+//! far the body would expand (a gzip bomb is refused after `limit + 1` bytes, not after it has
+//! filled memory).
+
+use std::io::Read;
+
+use axum::http::{HeaderMap, header};
+use flate2::read::MultiGzDecoder;
+
+use schemas::BodyFormat;
+
+use crate::error::ApiError;
+
+/// How the body bytes are encoded on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+}
+
+/// The event format named by the `Content-Type` header: `application/json` (one event or an
+/// array) or `application/x-ndjson`; parameters such as `charset` are ignored.
+pub fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
+    let value = headers
+        .get(header::CONTENT_TYPE)
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let media_type = value.split(';').next().unwrap_or_default().trim();
+    if media_type.eq_ignore_ascii_case("application/json") {
+        Ok(BodyFormat::Json)
+    } else if media_type.eq_ignore_ascii_case("application/x-ndjson") {
+        Ok(BodyFormat::NdJson)
+    } else {
+        Err(ApiError::UnsupportedMediaType { found: value })
+    }
+}
+
+/// The encoding named by the `Content-Encoding` header: none, `identity` or `gzip`.
+pub fn body_encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
+    let Some(value) = headers.get(header::CONTENT_ENCODING) else {
+        return Ok(Encoding::Identity);
+    };
+    let value = String::from_utf8_lossy(value.as_bytes());
+    match value.trim() {
+        v if v.eq_ignore_ascii_case("gzip") || v.eq_ignore_ascii_case("x-gzip") => {
+            Ok(Encoding::Gzip)
+        }
+        v if v.is_empty() || v.eq_ignore_ascii_case("identity") => Ok(Encoding::Identity),
+        _ => Err(ApiError::UnsupportedEncoding {
+            found: value.into_owned(),
+        }),
+    }
+}
+
+/// Decodes a gzip body (one or more concatenated members), refusing it as soon as it would
+/// decode to more than `limit` bytes.
+pub fn gunzip_bounded(compressed: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> {
+    let bound = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    // Start small: the compressed size says little about the decoded size, and the bound is
+    // what protects memory, not the initial capacity.
+    let mut decoded = Vec::with_capacity(compressed.len().saturating_mul(4).min(limit));
+    MultiGzDecoder::new(compressed)
+        .take(bound)
+        .read_to_end(&mut decoded)
+        .map_err(|error| ApiError::InvalidGzip(error.to_string()))?;
+    if decoded.len() > limit {
+        return Err(ApiError::BodyTooLarge { limit_bytes: limit });
+    }
+    Ok(decoded)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use axum::http::HeaderValue;
+    use flate2::Compression;
+    use flate2::write::GzEncoder;
+
+    use super::*;
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    #[test]
+    fn test_gunzip_bounded_round_trips_up_to_the_limit() {
+        let plain = br#"{"type":"view"}"#.repeat(10);
+        assert_eq!(gunzip_bounded(&gzip(&plain), plain.len()).unwrap(), plain);
+    }
+
+    #[test]
+    fn test_gunzip_bounded_stops_a_bomb_at_the_limit() {
+        // 16 MiB of zeros compress to about 16 KiB.
+        let bomb = gzip(&vec![0u8; 16 << 20]);
+        assert!(bomb.len() < 1 << 20);
+        let err = gunzip_bounded(&bomb, 1 << 20).unwrap_err();
+        assert!(matches!(err, ApiError::BodyTooLarge { limit_bytes } if limit_bytes == 1 << 20));
+    }
+
+    #[test]
+    fn test_gunzip_bounded_refuses_broken_streams() {
+        let mut broken = gzip(b"[{\"type\":\"view\"}]");
+        broken.truncate(broken.len() - 6);
+        assert!(matches!(
+            gunzip_bounded(&broken, 1024),
+            Err(ApiError::InvalidGzip(_))
+        ));
+        assert!(matches!(
+            gunzip_bounded(b"not gzip", 1024),
+            Err(ApiError::InvalidGzip(_))
+        ));
+    }
+
+    #[test]
+    fn test_body_format_reads_media_type_without_parameters() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("Application/JSON; charset=utf-8"),
+        );
+        assert!(matches!(body_format(&headers), Ok(BodyFormat::Json)));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        );
+        assert!(matches!(body_format(&headers), Ok(BodyFormat::NdJson)));
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert!(matches!(
+            body_format(&headers),
+            Err(ApiError::UnsupportedMediaType { .. })
+        ));
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("br"));
+        assert!(matches!(
+            body_encoding(&headers),
+            Err(ApiError::UnsupportedEncoding { .. })
+        ));
+    }
+}

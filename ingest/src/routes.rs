@@ -1,0 +1,253 @@
+//! HTTP routes of ingest: `POST /v1/events`, `GET /healthz`, `GET /readyz`, `GET /metrics`.
+//!
+//! Guarantee: `POST /v1/events` answers 202 `{"accepted": N}` only after Kafka acknowledged all
+//! N events of the request; a request refused before producing (401, 413, 415, 400, 429) wrote
+//! nothing. Steps, in order: authenticate the bearer key, check content type and encoding,
+//! read the body (at most `max_body_bytes`, also after gzip decoding), validate every event
+//! with `schemas::parse_events`, take the events from the tenant's rate limit, append them.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics::counter;
+use metrics_exporter_prometheus::PrometheusHandle;
+use rdkafka::error::KafkaError;
+use serde_json::json;
+
+use schemas::tenant::TenantFile;
+use schemas::{Limits, Record, parse_events};
+
+use crate::body::{Encoding, body_encoding, body_format, gunzip_bounded};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::event_log::EventLog;
+use crate::rate_limit::{Refusal, TenantLimits};
+use crate::telemetry;
+
+/// Everything the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    tenants: TenantFile,
+    limits: TenantLimits,
+    event_log: Arc<EventLog>,
+    metrics: PrometheusHandle,
+    max_body_bytes: usize,
+    request_deadline: Duration,
+    event_limits: Arc<Limits>,
+}
+
+/// The ingest routes over `state`. The body limit layer is set to `max_body_bytes`.
+pub fn router(state: AppState) -> Router {
+    let max_body_bytes = state.inner.max_body_bytes;
+    Router::new()
+        .route("/v1/events", post(post_events))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+impl AppState {
+    /// State for `config` and `tenants`. Creates the Kafka producer but does not contact Kafka:
+    /// the partition count is unknown (requests get 503) until
+    /// [`EventLog::refresh_metadata`] or [`EventLog::set_partition_count`] is called on
+    /// [`AppState::event_log`].
+    pub fn new(
+        config: &Config,
+        tenants: TenantFile,
+        metrics: PrometheusHandle,
+    ) -> Result<AppState, KafkaError> {
+        let event_log = Arc::new(EventLog::new(config)?);
+        Ok(AppState {
+            inner: Arc::new(Shared {
+                limits: TenantLimits::new(&tenants),
+                tenants,
+                event_log,
+                metrics,
+                max_body_bytes: config.max_body_bytes,
+                request_deadline: config.request_deadline,
+                event_limits: Arc::new(config.limits.clone()),
+            }),
+        })
+    }
+
+    /// The topic this state appends to.
+    pub fn event_log(&self) -> &Arc<EventLog> {
+        &self.inner.event_log
+    }
+}
+
+async fn post_events(State(state): State<AppState>, request: Request) -> Response {
+    let response = match accept_events(&state, request).await {
+        Ok(accepted) => {
+            (StatusCode::ACCEPTED, Json(json!({ "accepted": accepted }))).into_response()
+        }
+        Err(error) => error.into_response(),
+    };
+    counter!(telemetry::REQUESTS, "status" => response.status().as_u16().to_string()).increment(1);
+    response
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.inner.event_log.is_ready() {
+        (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
+    } else {
+        let error = json!({
+            "code": "not_ready",
+            "message": "kafka topic metadata could not be read on the last check: check that \
+                        the brokers are up and the topic exists",
+        });
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": error })),
+        )
+            .into_response()
+    }
+}
+
+async fn render_metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.inner.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Runs the steps of `POST /v1/events` and returns the number of events Kafka acknowledged.
+async fn accept_events(state: &AppState, request: Request) -> Result<usize, ApiError> {
+    let shared = &state.inner;
+    let headers = request.headers();
+    let tenant = authenticate(&shared.tenants, headers)?;
+    let format = body_format(headers)?;
+    let encoding = body_encoding(headers)?;
+    if declared_length(headers).is_some_and(|length| length > shared.max_body_bytes) {
+        return Err(ApiError::BodyTooLarge {
+            limit_bytes: shared.max_body_bytes,
+        });
+    }
+    let body = Bytes::from_request(request, &())
+        .await
+        .map_err(|rejection| body_rejection(rejection, shared.max_body_bytes))?;
+
+    let received_ms = now_ms();
+    let max_body_bytes = shared.max_body_bytes;
+    let event_limits = Arc::clone(&shared.event_limits);
+    let tenant_name = tenant.clone();
+    // Decoding and validating up to `max_body_bytes` of JSON is CPU work: keep it off the
+    // async workers.
+    let records: Vec<Record> = tokio::task::spawn_blocking(move || {
+        let decoded = match encoding {
+            Encoding::Identity => Cow::Borrowed(&body[..]),
+            Encoding::Gzip => Cow::Owned(gunzip_bounded(&body, max_body_bytes)?),
+        };
+        parse_events(&decoded, format, &tenant_name, received_ms, &event_limits)
+            .map_err(|problems| ApiError::InvalidEvents { problems })
+    })
+    .await
+    .map_err(|error| ApiError::Internal(format!("event parsing task failed: {error}")))??;
+
+    let events = records.len();
+    counter!(telemetry::EVENTS_RECEIVED).increment(events as u64);
+    if let Err(refusal) = shared.limits.admit(&tenant, events) {
+        return Err(refused(&tenant, events, refusal));
+    }
+    if records.is_empty() {
+        return Ok(0);
+    }
+    if let Err(error) = shared
+        .event_log
+        .append(&records, shared.request_deadline)
+        .await
+    {
+        counter!(telemetry::EVENTS_REJECTED, "reason" => error.reason()).increment(events as u64);
+        return Err(error.into());
+    }
+    counter!(telemetry::EVENTS_ACCEPTED).increment(events as u64);
+    Ok(events)
+}
+
+/// The tenant name of the `Authorization: Bearer <key>` header.
+fn authenticate(tenants: &TenantFile, headers: &HeaderMap) -> Result<String, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .ok_or(ApiError::Unauthorized)?;
+    let (scheme, key) = value.trim().split_once(' ').ok_or(ApiError::Unauthorized)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(ApiError::Unauthorized);
+    }
+    tenants
+        .authenticate(key.trim())
+        .map(|tenant| tenant.name.clone())
+        .ok_or(ApiError::Unauthorized)
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn body_rejection(rejection: BytesRejection, limit_bytes: usize) -> ApiError {
+    match rejection {
+        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+            ApiError::BodyTooLarge { limit_bytes }
+        }
+        other => ApiError::BodyUnreadable(other.body_text()),
+    }
+}
+
+/// Counts a rate-limit refusal and turns it into the response error.
+fn refused(tenant: &str, events: usize, refusal: Refusal) -> ApiError {
+    let events_u64 = events as u64;
+    match refusal {
+        Refusal::Later { retry_after_s } => {
+            counter!(telemetry::EVENTS_REJECTED, "reason" => "rate_limited").increment(events_u64);
+            counter!(telemetry::EVENTS_RATE_LIMITED, "tenant" => tenant.to_owned())
+                .increment(events_u64);
+            ApiError::RateLimited {
+                tenant: tenant.to_owned(),
+                retry_after_s,
+            }
+        }
+        Refusal::Never { burst_events } => {
+            counter!(telemetry::EVENTS_REJECTED, "reason" => "batch_exceeds_burst")
+                .increment(events_u64);
+            ApiError::BatchExceedsBurst {
+                tenant: tenant.to_owned(),
+                events: u32::try_from(events).unwrap_or(u32::MAX),
+                burst_events,
+            }
+        }
+        Refusal::UnknownTenant => {
+            ApiError::Internal(format!("tenant {tenant:?} has no rate limiter"))
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,472 @@
+//! Router-level tests of ingest that need no Kafka broker: authentication, content types, body
+//! bounds (plain, chunked and gzip bomb), validation problems, rate limits, the 503 answers when
+//! Kafka cannot take events, and the health, readiness and metrics endpoints.
+//!
+//! The Kafka settings point at a closed port, so any request that got as far as producing would
+//! be answered 503; a test that expects 4xx therefore also shows nothing was produced.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use ingest::{AppState, Config, router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use schemas::tenant::TenantFile;
+
+const KEY: &str = "weblog-test-key-0001";
+
+const TENANTS: &str = r#"
+    [[tenant]]
+    name = "weblog"
+    api_keys = ["weblog-test-key-0001"]
+    events_per_second = 100000
+    burst_events = 100000
+
+    [[tenant]]
+    name = "tiny"
+    api_keys = ["tiny-test-key-0001"]
+    events_per_second = 1
+    burst_events = 5
+"#;
+
+#[tokio::test]
+async fn test_healthz_answers_while_kafka_is_not_ready() {
+    let server = Server::start(|_| {}).await;
+    let response = server.get("/healthz").await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let response = server.get("/readyz").await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_ready");
+}
+
+#[tokio::test]
+async fn test_events_without_a_known_bearer_key_get_401() {
+    let server = Server::start(|_| {}).await;
+    let body = events_json(1);
+    for authorization in [None, Some("Bearer nope-nope-nope"), Some("Basic d2VibG9n")] {
+        let mut request = server
+            .client
+            .post(server.url("/v1/events"))
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "{authorization:?}"
+        );
+        let error = error_of(response).await;
+        assert_eq!(error["code"], "unauthorized");
+        assert!(error["message"].as_str().unwrap().contains("Bearer"));
+    }
+    // The scheme is case-insensitive: a known key in lower case gets past authentication
+    // (and on to the 503 of the unreachable Kafka).
+    let response = server
+        .client
+        .post(server.url("/v1/events"))
+        .header("authorization", format!("bearer {KEY}"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn test_other_content_types_and_encodings_get_415() {
+    let server = Server::start(|_| {}).await;
+    let response = server.post("text/plain", None, events_json(1)).await;
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(error_of(response).await["code"], "unsupported_media_type");
+
+    let response = server
+        .post("application/json", Some("br"), events_json(1))
+        .await;
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(
+        error_of(response).await["code"],
+        "unsupported_content_encoding"
+    );
+}
+
+#[tokio::test]
+async fn test_body_over_max_body_bytes_gets_413() {
+    let server = Server::start(|config| config.max_body_bytes = 1024).await;
+    let body = events_json(40);
+    assert!(body.len() > 1024);
+    let response = server.post("application/json", None, body).await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let error = error_of(response).await;
+    assert_eq!(error["code"], "body_too_large");
+    assert!(error["message"].as_str().unwrap().contains("1024"));
+}
+
+#[tokio::test]
+async fn test_chunked_body_over_max_body_bytes_gets_413() {
+    // Without Content-Length the bound is enforced while reading.
+    let server = Server::start(|config| config.max_body_bytes = 1024).await;
+    let body = events_json(40);
+    let address = server.address;
+    let response = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let head = format!(
+            "POST /v1/events HTTP/1.1\r\nhost: ingest\r\nauthorization: Bearer {KEY}\r\n\
+             content-type: application/json\r\ntransfer-encoding: chunked\r\n\
+             connection: close\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        for chunk in body.chunks(256) {
+            let _ = stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes());
+            let _ = stream.write_all(chunk);
+            let _ = stream.write_all(b"\r\n");
+        }
+        let _ = stream.write_all(b"0\r\n\r\n");
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response
+    })
+    .await
+    .unwrap();
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(response.contains("body_too_large"), "{response}");
+}
+
+#[tokio::test]
+async fn test_gzip_bomb_gets_413() {
+    let server = Server::start(|config| config.max_body_bytes = 1 << 20).await;
+    // 16 MiB of spaces after a valid start: about 16 KiB on the wire, 16 times the bound decoded.
+    let mut plain = events_json(1);
+    plain.pop();
+    plain.extend(std::iter::repeat_n(b' ', 16 << 20));
+    plain.push(b']');
+    let bomb = gzip(&plain);
+    assert!(
+        bomb.len() < 1 << 20,
+        "the compressed body must pass the wire bound"
+    );
+    let response = server.post("application/json", Some("gzip"), bomb).await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(error_of(response).await["code"], "body_too_large");
+
+    let response = server
+        .post("application/json", Some("gzip"), b"not gzip".to_vec())
+        .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_of(response).await["code"], "invalid_gzip");
+}
+
+#[tokio::test]
+async fn test_invalid_events_get_400_with_every_problem() {
+    let server = Server::start(|_| {}).await;
+    let body = json!([
+        {"type": "page_view", "key": "user-1"},
+        {"key": "user-2"},
+        {"type": "page_view", "key": "user-3", "tenant": "wiki"},
+    ]);
+    let response = server
+        .post("application/json", None, body.to_string().into_bytes())
+        .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let error = error_of(response).await;
+    assert_eq!(error["code"], "invalid_events");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("no event of this request was written")
+    );
+    let problems = error["problems"].as_array().unwrap();
+    let paths: Vec<&str> = problems
+        .iter()
+        .map(|problem| problem["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        paths.iter().any(|path| path.starts_with("[1]")),
+        "{paths:?}"
+    );
+    assert!(
+        paths.iter().any(|path| path.starts_with("[2]")),
+        "{paths:?}"
+    );
+    assert!(
+        !paths.iter().any(|path| path.starts_with("[0]")),
+        "{paths:?}"
+    );
+    assert!(problems.iter().all(|problem| problem["reason"].is_string()));
+
+    let response = server
+        .post(
+            "application/x-ndjson",
+            None,
+            b"{\"type\":\"a\",\"key\":\"k\"}\nnot json\n".to_vec(),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let error = error_of(response).await;
+    assert_eq!(error["problems"][0]["path"], "line 2");
+}
+
+#[tokio::test]
+async fn test_rate_limit_counts_events_and_answers_429_with_retry_after() {
+    let server = Server::start(|_| {}).await;
+    let tiny = |count: usize| {
+        server
+            .client
+            .post(server.url("/v1/events"))
+            .header("authorization", "Bearer tiny-test-key-0001")
+            .header("content-type", "application/json")
+            .body(events_json(count))
+            .send()
+    };
+    // Five events fill the burst of five: admitted, then refused by the unreachable Kafka.
+    let response = tiny(5).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    // One more event is over the limit of one event per second.
+    let response = tiny(1).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    let error = error_of(response).await;
+    assert_eq!(error["code"], "rate_limited");
+    assert!(error["message"].as_str().unwrap().contains("tiny"));
+
+    // Six events never fit a burst of five: the answer says so instead of asking to retry.
+    let response = tiny(6).await.unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(response.headers().get("retry-after").is_none());
+    let error = error_of(response).await;
+    assert_eq!(error["code"], "batch_exceeds_burst");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 5 events")
+    );
+
+    // Other tenants have their own bucket.
+    let response = server.post("application/json", None, events_json(5)).await;
+    assert_ne!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn test_unknown_partition_count_gets_503_with_retry_after() {
+    let server = Server::start(|_| {}).await;
+    let response = server.post("application/json", None, events_json(3)).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_eq!(error_of(response).await["code"], "not_ready");
+}
+
+#[tokio::test]
+async fn test_unreachable_kafka_gets_503_with_retry_after_within_the_deadline() {
+    let server = Server::start(|config| {
+        config.request_deadline = Duration::from_millis(300);
+        config.message_timeout = Duration::from_millis(5_000);
+    })
+    .await;
+    // The topic layout is known, but no broker answers on the closed port.
+    server.state.event_log().set_partition_count(3);
+    let started = std::time::Instant::now();
+    let response = server.post("application/json", None, events_json(3)).await;
+    let elapsed = started.elapsed();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
+    let error = error_of(response).await;
+    assert_eq!(error["code"], "kafka_unavailable");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("300 ms"), "{message}");
+    assert!(message.contains("may already be in kafka"), "{message}");
+}
+
+#[tokio::test]
+async fn test_full_producer_queue_gets_503_at_once() {
+    let server = Server::start(|config| {
+        config.queue_max_messages = 2;
+        config.request_deadline = Duration::from_secs(20);
+    })
+    .await;
+    server.state.event_log().set_partition_count(3);
+    let started = std::time::Instant::now();
+    let response = server.post("application/json", None, events_json(5)).await;
+    // Refused when the third record does not fit, not after the 20 s deadline.
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let error = error_of(response).await;
+    assert_eq!(error["code"], "kafka_queue_full");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("may already be in kafka")
+    );
+}
+
+#[tokio::test]
+async fn test_event_too_large_for_a_kafka_record_gets_413_before_producing() {
+    let server = Server::start(|config| {
+        config.limits.max_string_bytes = 2_000_000;
+        config.request_deadline = Duration::from_secs(20);
+    })
+    .await;
+    server.state.event_log().set_partition_count(3);
+    let big = "x".repeat(950_000);
+    let body = json!([
+        {"type": "a", "key": "k-1"},
+        {"type": "a", "key": "k-2", "properties": {"blob": big}},
+    ]);
+    let started = std::time::Instant::now();
+    let response = server
+        .post("application/json", None, body.to_string().into_bytes())
+        .await;
+    // Refused before the first record went to the (unreachable) broker: no 20 s deadline wait.
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let error = error_of(response).await;
+    assert_eq!(error["code"], "record_too_large");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.starts_with("event 1 "), "{message}");
+    assert!(
+        message.contains("no event of this request was written"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn test_metrics_endpoint_renders_request_and_event_counters() {
+    let server = Server::start(|_| {}).await;
+    let unauthorized = server
+        .client
+        .post(server.url("/v1/events"))
+        .body("[]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
+    server.post("application/json", None, events_json(2)).await;
+
+    let response = server.get("/metrics").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains("ingest_requests_total{status=\"401\"}"),
+        "{text}"
+    );
+    assert!(text.contains("ingest_events_received_total"), "{text}");
+    assert!(
+        text.contains("ingest_events_rejected_total{reason=\"no_metadata\"}"),
+        "{text}"
+    );
+}
+
+/// An ingest router served on a loopback port, with Kafka pointed at a closed port.
+struct Server {
+    address: SocketAddr,
+    client: reqwest::Client,
+    state: AppState,
+}
+
+impl Server {
+    async fn start(adjust: impl FnOnce(&mut Config)) -> Server {
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\nbrokers = \"{}\"\ntopic = \"ingest-http-test\"\n\
+             tenants_file = \"unused.toml\"\nrequest_deadline_ms = 1000\n\
+             message_timeout_ms = 2000\nmetadata_timeout_ms = 200\n",
+            closed_port()
+        );
+        let mut config = Config::from_toml(&text).unwrap();
+        adjust(&mut config);
+        config.validate().unwrap();
+        let tenants = TenantFile::from_toml(TENANTS).unwrap();
+        let state = AppState::new(&config, tenants, metrics_handle().clone()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let app = router(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Server {
+            address,
+            client: reqwest::Client::new(),
+            state,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    /// Posts `body` as the `weblog` tenant.
+    async fn post(
+        &self,
+        content_type: &str,
+        content_encoding: Option<&str>,
+        body: Vec<u8>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(self.url("/v1/events"))
+            .header("authorization", format!("Bearer {KEY}"))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(encoding) = content_encoding {
+            request = request.header("content-encoding", encoding);
+        }
+        request.send().await.unwrap()
+    }
+}
+
+/// The test process's recorder: installed once here, as a binary would, never by the library.
+fn metrics_handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| PrometheusBuilder::new().install_recorder().unwrap())
+}
+
+/// A loopback address nothing listens on.
+fn closed_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// A JSON array of `count` valid events.
+fn events_json(count: usize) -> Vec<u8> {
+    let events: Vec<Value> = (0..count)
+        .map(|i| json!({"type": "page_view", "key": format!("user-{i}"), "id": format!("e-{i}")}))
+        .collect();
+    serde_json::to_vec(&events).unwrap()
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+async fn error_of(response: reqwest::Response) -> Value {
+    let body: Value = response.json().await.unwrap();
+    body["error"].clone()
+}
