@@ -119,11 +119,12 @@ pub async fn report(
 
 fn to_records(events: &[Value], tenant: &str) -> anyhow::Result<Vec<Record>> {
     let limits = Limits::default();
+    let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     events
         .iter()
         .enumerate()
         .map(|(i, event)| {
-            validate_event(event, &format!("[{i}]"), tenant, 0, &limits)
+            validate_event(event, &format!("[{i}]"), tenant, now_ms, &limits)
                 .map_err(|problems| anyhow::anyhow!("event {i} is invalid: {problems:?}"))
         })
         .collect()
