@@ -14,13 +14,20 @@ cargo fmt --all -- --check
 echo "test: cargo clippy (warnings denied)" >&2
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+results=$(mktemp)
 cleanup() {
   local status=$?
   deploy/kafka.sh stop || true
+  # One closing line for the whole run: the sum of every test binary's result line.
+  if [ -s "$results" ]; then
+    awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+         END { printf "tests: %d passed, %d failed\n", p, f }' "$results"
+  fi
+  rm -f "$results"
   exit "$status"
 }
 trap cleanup EXIT INT TERM
 KAFKA_FRESH=1 deploy/kafka.sh start
 
 echo "test: cargo test against the broker at 127.0.0.1:$KAFKA_PORT" >&2
-KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT cargo test --workspace -- --test-threads 2
+KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT cargo test --workspace -- --test-threads 2 2>&1 | tee "$results"
