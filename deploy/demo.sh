@@ -39,6 +39,7 @@ trap cleanup EXIT INT TERM
 say "starting a fresh Kafka broker on 127.0.0.1:$KAFKA_PORT"
 KAFKA_FRESH=1 deploy/kafka.sh start
 deploy/kafka.sh create-topic events 4
+deploy/kafka.sh create-topic events.dead-letter 1
 
 rm -rf "$run_dir"
 mkdir -p "$run_dir/logs"

@@ -73,14 +73,14 @@ where
     }
 }
 
-async fn create_topic(name: &str) {
+async fn create_topic(name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .create()
         .expect("admin client");
     let results = admin
         .create_topics(
-            &[NewTopic::new(name, PARTITIONS, TopicReplication::Fixed(1))],
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
         )
         .await
@@ -103,7 +103,8 @@ impl Pipeline {
         let dir = std::env::temp_dir().join(format!("e2e-{unique}"));
         std::fs::create_dir_all(&dir).unwrap();
         let topic = format!("events-{unique}");
-        create_topic(&topic).await;
+        create_topic(&topic, PARTITIONS).await;
+        create_topic(&format!("{topic}.dead-letter"), 1).await;
 
         std::fs::write(
             dir.join("tenants.toml"),

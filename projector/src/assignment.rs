@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 
 /// Freshness of one assigned partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PartitionStatus {
     pub partition: i32,
     /// Next offset to fold: everything below it is in the stored read models.
@@ -21,6 +21,10 @@ pub struct PartitionStatus {
     pub lag: Option<i64>,
     /// Event time of the last folded record, epoch ms.
     pub last_event_ms: Option<i64>,
+    /// Records deleted by retention before this node folded them: the read models miss them.
+    pub lost_records: i64,
+    /// Why the partition is not moving, when a record cannot be dead-lettered.
+    pub stalled: Option<String>,
 }
 
 /// The shared, current assignment of this node.
@@ -31,7 +35,13 @@ pub struct Assignment {
 
 impl Assignment {
     /// Starts serving `partition` from `next_offset`.
-    pub fn assign(&self, partition: i32, next_offset: i64, last_event_ms: Option<i64>) {
+    pub fn assign(
+        &self,
+        partition: i32,
+        next_offset: i64,
+        last_event_ms: Option<i64>,
+        lost_records: i64,
+    ) {
         let mut partitions = self.partitions.write().expect("assignment lock poisoned");
         partitions.insert(
             partition,
@@ -41,8 +51,26 @@ impl Assignment {
                 high_watermark: None,
                 lag: None,
                 last_event_ms,
+                lost_records,
+                stalled: None,
             },
         );
+    }
+
+    /// Adds records lost to retention.
+    pub fn add_lost(&self, partition: i32, records: i64) {
+        let mut partitions = self.partitions.write().expect("assignment lock poisoned");
+        if let Some(status) = partitions.get_mut(&partition) {
+            status.lost_records += records;
+        }
+    }
+
+    /// Marks a partition stalled (with the reason) or moving again (`None`).
+    pub fn set_stalled(&self, partition: i32, reason: Option<String>) {
+        let mut partitions = self.partitions.write().expect("assignment lock poisoned");
+        if let Some(status) = partitions.get_mut(&partition) {
+            status.stalled = reason;
+        }
     }
 
     /// Stops serving `partition`.
@@ -89,7 +117,7 @@ impl Assignment {
     /// A copy of every assigned partition's status, by partition.
     pub fn snapshot(&self) -> Vec<PartitionStatus> {
         let partitions = self.partitions.read().expect("assignment lock poisoned");
-        partitions.values().copied().collect()
+        partitions.values().cloned().collect()
     }
 
     pub fn partitions(&self) -> Vec<i32> {

@@ -40,6 +40,23 @@ pub struct Config {
     /// How often the high watermark of each partition is read, for lag.
     #[serde(default = "default_watermark_interval_ms")]
     pub watermark_interval_ms: u64,
+    /// Topic that receives records the projector cannot fold; default `<topic>.dead-letter`.
+    /// It must exist.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+    /// How long a dead-letter write may take before the partition stalls and retries.
+    #[serde(default = "default_dead_letter_timeout_ms")]
+    pub dead_letter_timeout_ms: u64,
+    /// Largest record value folded; larger records are dead-lettered.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
+    /// How long an event id is remembered for dropping retried duplicates, measured in receive
+    /// time against the newest event of the same partition.
+    #[serde(default = "default_dedup_window_ms")]
+    pub dedup_window_ms: i64,
+    /// Consumer group session timeout: how soon a node that died loses its partitions.
+    #[serde(default = "default_session_timeout_ms")]
+    pub session_timeout_ms: u64,
 }
 
 fn default_node_name() -> String {
@@ -60,6 +77,22 @@ fn default_store_cache_bytes() -> u64 {
 
 fn default_watermark_interval_ms() -> u64 {
     1_000
+}
+
+fn default_dead_letter_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_max_record_bytes() -> usize {
+    1_000_000
+}
+
+fn default_dedup_window_ms() -> i64 {
+    24 * 60 * 60 * 1_000
+}
+
+fn default_session_timeout_ms() -> u64 {
+    10_000
 }
 
 impl Config {
@@ -98,6 +131,25 @@ impl Config {
         if self.watermark_interval_ms == 0 {
             bail!("watermark_interval_ms must be at least 1");
         }
+        if self.dead_letter_topic() == self.topic {
+            bail!("dead_letter_topic must differ from topic");
+        }
+        if self.dead_letter_timeout_ms == 0 || self.max_record_bytes == 0 {
+            bail!("dead_letter_timeout_ms and max_record_bytes must be at least 1");
+        }
+        if self.dedup_window_ms <= 0 {
+            bail!("dedup_window_ms must be positive, e.g. 86400000 for a day");
+        }
+        if !(1_000..=300_000).contains(&self.session_timeout_ms) {
+            bail!("session_timeout_ms must be between 1000 and 300000");
+        }
         Ok(())
+    }
+
+    /// The dead-letter topic, explicit or derived from the event topic.
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.dead-letter", self.topic))
     }
 }

@@ -4,26 +4,35 @@
 //! Guarantee: a record's effect and the offset after it are stored in the same atomic write, and
 //! every assignment resumes from the offsets in the store (Kafka's committed offsets are written
 //! only as a hint for lag tools and never read back). So after any crash or rebalance each
-//! record is folded exactly once into the stored state of this node. The guarantee ends where the
-//! log does: records deleted by retention before they were folded are lost to the read models, and
-//! with `auto.offset.reset=error` that shows up as a consumer error rather than a silent skip.
+//! record is folded exactly once into the stored state of this node.
+//!
+//! Where the guarantee ends, and what is done instead of hiding it:
+//! - Records deleted by retention before they were folded are lost to the read models. The
+//!   consumer runs with `auto.offset.reset=error`, so this is detected (at assignment, against
+//!   the partition's low watermark, and when the broker answers "offset out of range"), stored
+//!   as a lost range, counted in `projector_records_lost_total` and reported with every answer.
+//! - A record that cannot be folded (poison) goes to the dead-letter topic with the reason and
+//!   its origin in headers, and the partition moves past it only once the broker acknowledged
+//!   that write. If the write fails, the partition pauses and reports itself stalled, retrying
+//!   every few seconds; it neither loops nor skips.
 //!
 //! Everything runs on one thread: librdkafka calls the rebalance callback from inside `poll`, so
 //! the pending batch is never touched by two threads at once.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rdkafka::ClientConfig;
-use rdkafka::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientConfig, ClientContext};
 use tracing::{debug, error, info, warn};
 
 use crate::assignment::Assignment;
@@ -33,6 +42,10 @@ use crate::store::{PartitionOffset, Store};
 
 /// How long one `poll` waits for a record before the loop checks its timers and shutdown.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a stalled partition retries its dead-letter write.
+const STALL_RETRY: Duration = Duration::from_secs(5);
+/// Bound on a watermark lookup made while handling a rebalance or an error.
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the consumer loop until `shutdown` is set or a store error stops it.
 pub fn run(
@@ -55,9 +68,11 @@ pub fn run(
     consumer
         .subscribe(&[&config.topic])
         .with_context(|| format!("cannot subscribe to topic {}", config.topic))?;
-    info!(topic = %config.topic, group = %config.group_id, "projector consuming");
+    let dead_letters = DeadLetters::new(config)?;
+    info!(topic = %config.topic, group = %config.group_id, node = %config.node_name, "projector consuming");
 
     let batch_interval = Duration::from_millis(config.batch_interval_ms);
+    let mut stalled: HashMap<i32, Poison> = HashMap::new();
     let result = loop {
         if shutdown.load(Ordering::Relaxed) {
             break Ok(());
@@ -65,29 +80,53 @@ pub fn run(
         if let Some(reason) = consumer.context().fatal.lock().expect("poisoned").take() {
             break Err(anyhow::anyhow!(reason));
         }
+        stalled.retain(|&partition, _| assignment.contains(partition));
+        if let Err(e) = retry_stalled(&consumer, &dead_letters, &mut stalled, &config.topic) {
+            break Err(e);
+        }
 
         match consumer.poll(POLL_INTERVAL) {
             Some(Ok(message)) => {
                 let partition = message.partition();
-                if !assignment.contains(partition) {
-                    // Left over from a partition revoked in this poll: its offset must not move.
-                    metrics::counter!("projector_records_skipped_revoked_total").increment(1);
+                if !assignment.contains(partition) || stalled.contains_key(&partition) {
+                    // Left over from a revoked partition, or behind a stalled record: its
+                    // offset must not move.
                     continue;
                 }
                 let mut folder = consumer.context().folder.lock().expect("poisoned");
-                match folder.fold(partition, message.offset(), message.payload()) {
+                let folded = folder.fold(partition, message.offset(), message.payload());
+                match folded {
                     Ok(Folded::Applied) => {
                         metrics::counter!("projector_records_applied_total").increment(1);
                     }
-                    Ok(Folded::Undecodable) => {
-                        metrics::counter!("projector_records_undecodable_total").increment(1);
-                        debug!(
+                    Ok(Folded::Duplicate) => {}
+                    Ok(Folded::Poison { reason }) => {
+                        let poison = Poison {
                             partition,
-                            offset = message.offset(),
-                            "skipped undecodable record"
-                        );
+                            offset: message.offset(),
+                            key: message.key().map(<[u8]>::to_vec),
+                            payload: message.payload().map(<[u8]>::to_vec),
+                            reason,
+                            next_try: Instant::now(),
+                        };
+                        match dead_letters.send(&config.topic, &poison) {
+                            Ok(()) => {
+                                if let Err(e) = folder.skip(partition, poison.offset) {
+                                    break Err(e).context("cannot read the store");
+                                }
+                            }
+                            Err(e) => {
+                                drop(folder);
+                                stall(&consumer, &assignment, poison, &e, &mut stalled);
+                            }
+                        }
                     }
                     Err(e) => break Err(e).context("cannot read a sketch from the store"),
+                }
+            }
+            Some(Err(e)) if is_out_of_range(&e) => {
+                if let Err(e) = recover_lost_records(&consumer, &config.topic) {
+                    break Err(e);
                 }
             }
             Some(Err(e)) => {
@@ -126,6 +165,11 @@ fn consumer_config(config: &Config) -> ClientConfig {
         .set("bootstrap.servers", &config.brokers)
         .set("group.id", &config.group_id)
         .set("client.id", &config.node_name)
+        // Static membership: a node that restarts (or is killed and restarted) under the same
+        // name takes its partitions back at once instead of waiting for a rebalance.
+        .set("group.instance.id", &config.node_name)
+        // How soon the partitions of a node that died move to the others.
+        .set("session.timeout.ms", config.session_timeout_ms.to_string())
         // Offsets live in the store with the state; Kafka's are only a hint for lag tools.
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -147,7 +191,7 @@ fn write_batch(
     topic: &str,
 ) -> anyhow::Result<()> {
     let records = folder.pending_records();
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let positions = folder
         .write()
         .context("cannot write a batch to the store")?;
@@ -172,6 +216,218 @@ fn write_batch(
 
 fn last_event(position: &PartitionOffset) -> Option<i64> {
     (position.last_event_ms != i64::MIN).then_some(position.last_event_ms)
+}
+
+fn is_out_of_range(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange)
+    )
+}
+
+/// After "offset out of range": finds the partitions whose position fell below the log start,
+/// records the lost ranges and moves them to the log start.
+fn recover_lost_records(
+    consumer: &BaseConsumer<ProjectorContext>,
+    topic: &str,
+) -> anyhow::Result<()> {
+    let context = consumer.context();
+    for partition in context.assignment.partitions() {
+        let mut folder = context.folder.lock().expect("poisoned");
+        if let Some(low) = context.record_loss(consumer, &mut folder, partition)? {
+            drop(folder);
+            consumer
+                .seek(topic, partition, Offset::Offset(low), WATERMARK_TIMEOUT)
+                .with_context(|| format!("cannot move partition {partition} to offset {low}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// A record that could not be folded, kept until the dead-letter topic has it.
+struct Poison {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    reason: String,
+    next_try: Instant,
+}
+
+/// Stops a partition behind a poison record whose dead-letter write failed.
+fn stall(
+    consumer: &BaseConsumer<ProjectorContext>,
+    assignment: &Assignment,
+    mut poison: Poison,
+    error: &anyhow::Error,
+    stalled: &mut HashMap<i32, Poison>,
+) {
+    let partition = poison.partition;
+    error!(partition, offset = poison.offset, error = %error, "cannot dead-letter a poison record; partition stalled");
+    metrics::gauge!("projector_partition_stalled", "partition" => partition.to_string()).set(1.0);
+    assignment.set_stalled(
+        partition,
+        Some(format!(
+            "record at offset {} cannot be folded ({}) and the dead-letter write failed: {error}",
+            poison.offset, poison.reason
+        )),
+    );
+    let mut paused = TopicPartitionList::new();
+    let _ = paused.add_partition(&consumer.context().topic, partition);
+    if let Err(e) = consumer.pause(&paused) {
+        warn!(partition, error = %e, "cannot pause a stalled partition; its records are dropped until it moves");
+    }
+    poison.next_try = Instant::now() + STALL_RETRY;
+    stalled.insert(partition, poison);
+}
+
+/// Retries the dead-letter write of every stalled partition that is due; on success the
+/// partition moves past its poison record and resumes.
+fn retry_stalled(
+    consumer: &BaseConsumer<ProjectorContext>,
+    dead_letters: &DeadLetters,
+    stalled: &mut HashMap<i32, Poison>,
+    topic: &str,
+) -> anyhow::Result<()> {
+    let due: Vec<i32> = stalled
+        .iter()
+        .filter(|(_, poison)| poison.next_try <= Instant::now())
+        .map(|(&partition, _)| partition)
+        .collect();
+    for partition in due {
+        let poison = stalled.get_mut(&partition).expect("listed above");
+        if let Err(e) = dead_letters.send(topic, poison) {
+            debug!(partition, error = %e, "dead-letter write still failing");
+            poison.next_try = Instant::now() + STALL_RETRY;
+            continue;
+        }
+        let poison = stalled.remove(&partition).expect("listed above");
+        let context = consumer.context();
+        context
+            .folder
+            .lock()
+            .expect("poisoned")
+            .skip(partition, poison.offset)?;
+        consumer
+            .seek(
+                topic,
+                partition,
+                Offset::Offset(poison.offset + 1),
+                WATERMARK_TIMEOUT,
+            )
+            .with_context(|| format!("cannot move partition {partition} past its poison record"))?;
+        let mut resumed = TopicPartitionList::new();
+        let _ = resumed.add_partition(topic, partition);
+        consumer.resume(&resumed)?;
+        context.assignment.set_stalled(partition, None);
+        metrics::gauge!("projector_partition_stalled", "partition" => partition.to_string())
+            .set(0.0);
+        info!(
+            partition,
+            offset = poison.offset,
+            "poison record dead-lettered; partition moving again"
+        );
+    }
+    Ok(())
+}
+
+/// Writes poison records to the dead-letter topic and waits for the broker's acknowledgement.
+struct DeadLetters {
+    producer: FutureProducer,
+    topic: String,
+    timeout: Duration,
+    runtime: tokio::runtime::Handle,
+}
+
+impl DeadLetters {
+    fn new(config: &Config) -> anyhow::Result<DeadLetters> {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", &config.brokers)
+            // A dead letter is the only copy of why a record was skipped: every replica.
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            // A failed write stalls the partition, so give up within the configured bound.
+            .set(
+                "message.timeout.ms",
+                config.dead_letter_timeout_ms.to_string(),
+            )
+            // Never create the topic by accident under a misspelt name.
+            .set("allow.auto.create.topics", "false")
+            .create::<FutureProducer>()
+            .context("cannot create the dead-letter producer")?;
+        let topic = config.dead_letter_topic();
+        let metadata = producer
+            .client()
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .context("cannot read the dead-letter topic's metadata")?;
+        let exists = metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+        if !exists {
+            anyhow::bail!(
+                "dead-letter topic {topic} does not exist: create it (deploy/kafka.sh \
+                 create-topic {topic} 1) or set dead_letter_topic"
+            );
+        }
+        Ok(DeadLetters {
+            producer,
+            topic,
+            timeout: Duration::from_millis(config.dead_letter_timeout_ms),
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// Sends one poison record with its reason and origin in headers.
+    fn send(&self, origin_topic: &str, poison: &Poison) -> anyhow::Result<()> {
+        let partition = poison.partition.to_string();
+        let offset = poison.offset.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "dead-letter-reason",
+                value: Some(poison.reason.as_bytes()),
+            })
+            .insert(Header {
+                key: "origin-topic",
+                value: Some(origin_topic.as_bytes()),
+            })
+            .insert(Header {
+                key: "origin-partition",
+                value: Some(partition.as_bytes()),
+            })
+            .insert(Header {
+                key: "origin-offset",
+                value: Some(offset.as_bytes()),
+            });
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&self.topic).headers(headers);
+        if let Some(key) = &poison.key {
+            record = record.key(key);
+        }
+        if let Some(payload) = &poison.payload {
+            record = record.payload(payload);
+        }
+        let delivery = self
+            .runtime
+            .block_on(self.producer.send(record, self.timeout));
+        match delivery {
+            Ok(_) => {
+                metrics::counter!("projector_records_dead_lettered_total").increment(1);
+                warn!(
+                    partition = poison.partition,
+                    offset = poison.offset,
+                    reason = %poison.reason,
+                    dead_letter_topic = %self.topic,
+                    "record cannot be folded; dead-lettered"
+                );
+                Ok(())
+            }
+            Err((e, _)) => Err(anyhow::anyhow!(
+                "dead-letter topic {} did not take the record: {e}",
+                self.topic
+            )),
+        }
+    }
 }
 
 /// Consumer context: resumes assigned partitions from the store, writes or drops pending work
@@ -205,8 +461,8 @@ impl ConsumerContext for ProjectorContext {
         );
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                if let Err(e) = self.resume_from_store(tpl) {
-                    error!(error = %e, "cannot read stored offsets; stopping");
+                if let Err(e) = self.resume_from_store(consumer, tpl) {
+                    error!(error = %e, "cannot resume assigned partitions; stopping");
                     *self.fatal.lock().expect("poisoned") = Some(e.to_string());
                     return;
                 }
@@ -226,15 +482,10 @@ impl ConsumerContext for ProjectorContext {
             }
             other => {
                 error!(error = ?other, "rebalance failed; releasing every partition");
-                let all = TopicPartitionList::from_topic_map(
-                    &self
-                        .assignment
-                        .partitions()
-                        .into_iter()
-                        .map(|p| ((self.topic.clone(), p), Offset::Invalid))
-                        .collect(),
-                )
-                .unwrap_or_default();
+                let mut all = TopicPartitionList::new();
+                for partition in self.assignment.partitions() {
+                    let _ = all.add_partition(&self.topic, partition);
+                }
                 self.release(&all, consumer);
                 consumer.unassign()
             }
@@ -246,21 +497,35 @@ impl ConsumerContext for ProjectorContext {
 }
 
 impl ProjectorContext {
-    /// Sets the offset of every newly assigned partition to the one stored with its state.
-    fn resume_from_store(&self, tpl: &mut TopicPartitionList) -> anyhow::Result<()> {
+    /// Sets the offset of every newly assigned partition to the one stored with its state (or
+    /// to the log start, recording the gap, when retention deleted records not yet folded).
+    fn resume_from_store(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &mut TopicPartitionList,
+    ) -> anyhow::Result<()> {
         let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
         let mut folder = self.folder.lock().expect("poisoned");
         folder.forget(&partitions);
         for partition in partitions {
             let stored = self.store.offset(partition)?;
-            let offset = match stored {
-                Some(position) => Offset::Offset(position.next_offset),
-                None => Offset::Beginning,
-            };
-            tpl.set_partition_offset(&self.topic, partition, offset)?;
-            let next = stored.map_or(0, |p| p.next_offset);
-            self.assignment
-                .assign(partition, next, stored.as_ref().and_then(last_event));
+            let lost_before: i64 = self
+                .store
+                .lost_ranges(partition)?
+                .iter()
+                .map(|(from, to)| to - from)
+                .sum();
+            let mut next = stored.map_or(0, |p| p.next_offset);
+            self.assignment.assign(
+                partition,
+                next,
+                stored.as_ref().and_then(last_event),
+                lost_before,
+            );
+            if let Some(low) = self.record_loss(consumer, &mut folder, partition)? {
+                next = low;
+            }
+            tpl.set_partition_offset(&self.topic, partition, Offset::Offset(next))?;
             info!(
                 partition,
                 next_offset = next,
@@ -268,6 +533,36 @@ impl ProjectorContext {
             );
         }
         Ok(())
+    }
+
+    /// If the log of `partition` now starts after the partition's position, records the
+    /// records in between as lost and returns the log start to resume from.
+    fn record_loss(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        folder: &mut Folder,
+        partition: i32,
+    ) -> anyhow::Result<Option<i64>> {
+        let (low, _high) = consumer
+            .fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT)
+            .with_context(|| format!("cannot read the watermarks of partition {partition}"))?;
+        let next = folder.next_offset(partition)?;
+        if next >= low {
+            return Ok(None);
+        }
+        let lost = low - next;
+        error!(
+            partition,
+            from = next,
+            to = low,
+            lost,
+            "records were deleted by retention before they were folded; the read models miss them"
+        );
+        metrics::counter!("projector_records_lost_total", "partition" => partition.to_string())
+            .increment(lost as u64);
+        folder.lose(partition, next, low)?;
+        self.assignment.add_lost(partition, lost);
+        Ok(Some(low))
     }
 
     /// Writes what was folded so far (every partition of it was still owned when folded), then
@@ -288,7 +583,7 @@ impl ProjectorContext {
     }
 }
 
-/// Reads the high watermark of every assigned partition now and then, for lag.
+/// Reads the watermarks of every assigned partition now and then, for lag.
 pub fn watch_watermarks(
     config: &Config,
     assignment: Assignment,

@@ -1,11 +1,14 @@
 //! Folding records into read models, one micro-batch at a time.
 //!
-//! A [`Folder`] holds the sketches touched since the last write and the next offset of every
-//! partition it folded from. [`Folder::write`] turns all of that into one atomic store batch, so a
-//! batch is either entirely in the store (sketches and offsets) or not at all.
+//! A [`Folder`] holds the sketches touched since the last write, the event ids folded (for
+//! dropping retried duplicates) and the next offset of every partition it folded from.
+//! [`Folder::write`] turns all of that into one atomic store batch, so a batch is either
+//! entirely in the store (sketches, ids and offsets) or not at all.
 //!
-//! Records that cannot be decoded are counted and skipped: their offset still advances, so one
-//! bad record never stalls its partition.
+//! A record that cannot be folded (not a record of the supported format, or too large) is a
+//! poison record: [`Folder::fold`] reports it and leaves its offset alone. The caller decides
+//! when the partition may move past it ([`Folder::skip`]): after the record is safely in the
+//! dead-letter topic.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use std::time::Instant;
 use readmodel::{ProjectionFile, ReadModel};
 use schemas::Record;
 
+use crate::dedup::Dedup;
 use crate::store::{ModelKey, PartitionOffset, Store, StoreBatch, StoreError};
 
 /// Sketches kept in memory between batches before the cache is dropped and reloaded from the
@@ -21,23 +25,30 @@ use crate::store::{ModelKey, PartitionOffset, Store, StoreBatch, StoreError};
 const MAX_CACHED_MODELS: usize = 20_000;
 
 /// What happened to one record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Folded {
     /// Decoded and applied to every projection that reads it.
     Applied,
-    /// Not a record of the supported format; skipped.
-    Undecodable,
+    /// Its event id was already folded within the dedup window; skipped.
+    Duplicate,
+    /// Cannot be folded; the offset did not move. The reason says why, for the dead letter.
+    Poison { reason: String },
 }
 
 /// Pending state of one micro-batch, plus a cache of recently used sketches.
 pub struct Folder {
     projections: Arc<ProjectionFile>,
     store: Store,
+    dedup: Dedup,
+    /// Largest record value folded; larger ones are poison.
+    max_record_bytes: usize,
     /// Sketches read or changed recently; `dirty` marks those to write.
     models: HashMap<ModelKey, ReadModel>,
     dirty: HashSet<ModelKey>,
     /// Position reached in each partition by the pending batch.
     positions: BTreeMap<i32, PartitionOffset>,
+    /// Offset ranges lost to retention, to record with the batch.
+    lost: Vec<(i32, i64, i64)>,
     /// Records folded since the last write.
     pending_records: usize,
     /// When the first record of the pending batch was folded.
@@ -45,13 +56,21 @@ pub struct Folder {
 }
 
 impl Folder {
-    pub fn new(projections: Arc<ProjectionFile>, store: Store) -> Folder {
+    pub fn new(
+        projections: Arc<ProjectionFile>,
+        store: Store,
+        dedup_window_ms: i64,
+        max_record_bytes: usize,
+    ) -> Folder {
         Folder {
             projections,
             store,
+            dedup: Dedup::new(dedup_window_ms),
+            max_record_bytes,
             models: HashMap::new(),
             dirty: HashSet::new(),
             positions: BTreeMap::new(),
+            lost: Vec::new(),
             pending_records: 0,
             pending_since: None,
         }
@@ -64,25 +83,70 @@ impl Folder {
         offset: i64,
         payload: Option<&[u8]>,
     ) -> Result<Folded, StoreError> {
+        let record = match payload {
+            None => Err("record has no value".to_owned()),
+            Some(bytes) if bytes.len() > self.max_record_bytes => Err(format!(
+                "record value is {} bytes, more than max_record_bytes ({})",
+                bytes.len(),
+                self.max_record_bytes
+            )),
+            Some(bytes) => Record::from_bytes(bytes).map_err(|e| e.to_string()),
+        };
+        let record = match record {
+            Ok(record) => record,
+            Err(reason) => return Ok(Folded::Poison { reason }),
+        };
+
         self.pending_since.get_or_insert_with(Instant::now);
         self.pending_records += 1;
-        let last_event_ms = self.position(partition)?.last_event_ms;
-        let record = payload.map(Record::from_bytes);
-        let (outcome, last_event_ms) = match record {
-            Some(Ok(record)) => {
-                self.apply(partition, &record)?;
-                (Folded::Applied, last_event_ms.max(record.time_ms))
-            }
-            Some(Err(_)) | None => (Folded::Undecodable, last_event_ms),
+        let mut position = self.position(partition)?;
+        let first = match &record.id {
+            Some(id) => self.dedup.first_sighting(
+                &self.store,
+                partition,
+                &record.tenant,
+                id,
+                record.received_ms,
+            )?,
+            None => true,
         };
-        self.positions.insert(
-            partition,
-            PartitionOffset {
-                next_offset: offset + 1,
-                last_event_ms,
-            },
-        );
-        Ok(outcome)
+        if first {
+            self.apply(partition, &record)?;
+            position.last_event_ms = position.last_event_ms.max(record.time_ms);
+        }
+        position.next_offset = offset + 1;
+        self.positions.insert(partition, position);
+        Ok(if first {
+            Folded::Applied
+        } else {
+            Folded::Duplicate
+        })
+    }
+
+    /// Moves `partition` past the record at `offset` without folding it.
+    pub fn skip(&mut self, partition: i32, offset: i64) -> Result<(), StoreError> {
+        self.pending_since.get_or_insert_with(Instant::now);
+        self.pending_records += 1;
+        let mut position = self.position(partition)?;
+        position.next_offset = offset + 1;
+        self.positions.insert(partition, position);
+        Ok(())
+    }
+
+    /// Records that offsets `[from, to)` of `partition` were deleted before they were folded,
+    /// and moves the partition to `to`.
+    pub fn lose(&mut self, partition: i32, from: i64, to: i64) -> Result<(), StoreError> {
+        self.pending_since.get_or_insert_with(Instant::now);
+        let mut position = self.position(partition)?;
+        position.next_offset = position.next_offset.max(to);
+        self.positions.insert(partition, position);
+        self.lost.push((partition, from, to));
+        Ok(())
+    }
+
+    /// The offset `partition` will fold next.
+    pub fn next_offset(&self, partition: i32) -> Result<i64, StoreError> {
+        Ok(self.position(partition)?.next_offset)
     }
 
     /// Records folded since the last write.
@@ -107,9 +171,14 @@ impl Folder {
         for (&partition, &position) in &self.positions {
             batch.put_offset(partition, position);
         }
+        for &(partition, from, to) in &self.lost {
+            batch.put_lost_range(partition, from, to);
+        }
+        self.dedup.stage(&self.store, &mut batch)?;
         self.store.write(batch)?;
 
         self.dirty.clear();
+        self.lost.clear();
         self.pending_records = 0;
         self.pending_since = None;
         if self.models.len() > MAX_CACHED_MODELS {
@@ -124,6 +193,9 @@ impl Folder {
         let gone: HashSet<i32> = partitions.iter().copied().collect();
         self.models.retain(|key, _| !gone.contains(&key.partition));
         self.dirty.retain(|key| !gone.contains(&key.partition));
+        self.lost
+            .retain(|(partition, _, _)| !gone.contains(partition));
+        self.dedup.forget(partitions);
         for partition in partitions {
             self.positions.remove(partition);
         }

@@ -10,6 +10,7 @@
 pub mod assignment;
 pub mod config;
 pub mod consumer;
+pub mod dedup;
 pub mod fold;
 pub mod internal_api;
 pub mod replay;
@@ -23,14 +24,14 @@ use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use readmodel::ProjectionFile;
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{error, info};
 
 pub use config::Config;
 
 use assignment::Assignment;
 use fold::Folder;
 use internal_api::InternalState;
-use store::Store;
+use store::{Store, StoreError};
 
 /// Runs one projector node until `shutdown` resolves or the consumer fails. On shutdown the
 /// pending batch is written and the store closed before this returns.
@@ -48,7 +49,7 @@ pub async fn serve(
             )
         },
     )?);
-    let store = Store::open(&config.store_path, config.store_cache_bytes)?;
+    let store = open_or_rebuild(&config)?;
     store.check_definitions(&projections)?;
     let assignment = Assignment::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -61,7 +62,12 @@ pub async fn serve(
             assignment.clone(),
             stop.clone(),
         );
-        let folder = Folder::new(projections.clone(), store.clone());
+        let folder = Folder::new(
+            projections.clone(),
+            store.clone(),
+            config.dedup_window_ms,
+            config.max_record_bytes,
+        );
         tokio::task::spawn_blocking(move || {
             let result = consumer::run(&config, folder, store, assignment, stop.clone());
             // A failed consumer stops the whole node.
@@ -102,6 +108,47 @@ pub async fn serve(
     watermarks.await.context("watermark thread panicked")??;
     store.flush()?;
     consumed
+}
+
+/// Opens the node's store. A store that exists but cannot be opened (damaged files) is moved
+/// aside and replaced by an empty one, which then rebuilds from the log; a store locked by
+/// another process is an error, since two processes must never share one.
+fn open_or_rebuild(config: &Config) -> anyhow::Result<Store> {
+    match Store::open(&config.store_path, config.store_cache_bytes) {
+        Ok(store) => Ok(store),
+        Err(StoreError::Open { source, .. })
+            if !is_lock_error(&source) && config.store_path.exists() =>
+        {
+            let aside = config.store_path.with_file_name(format!(
+                "{}.damaged-{}",
+                config
+                    .store_path
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or_default()
+            ));
+            error!(
+                store = %config.store_path.display(),
+                moved_to = %aside.display(),
+                error = %source,
+                "read-model store cannot be opened; moving it aside and rebuilding from the log"
+            );
+            metrics::counter!("projector_store_rebuilds_total").increment(1);
+            std::fs::rename(&config.store_path, &aside)
+                .with_context(|| format!("cannot move {} aside", config.store_path.display()))?;
+            Ok(Store::open(&config.store_path, config.store_cache_bytes)?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn is_lock_error(error: &sled::Error) -> bool {
+    matches!(error, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock)
+        || error.to_string().contains("lock")
 }
 
 async fn wait_for(flag: Arc<AtomicBool>) {

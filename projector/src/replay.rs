@@ -128,7 +128,12 @@ pub fn replay(config: &Config) -> anyhow::Result<ReplaySummary> {
     consumer.assign(&assignment)?;
     info!(partitions, to_read = ?remaining, "replay started");
 
-    let mut folder = Folder::new(projections, fresh.clone());
+    let mut folder = Folder::new(
+        projections,
+        fresh.clone(),
+        config.dedup_window_ms,
+        config.max_record_bytes,
+    );
     let (mut records, mut undecodable) = (0u64, 0u64);
     let mut last_progress = Instant::now();
     while !remaining.is_empty() {
@@ -136,9 +141,11 @@ pub fn replay(config: &Config) -> anyhow::Result<ReplaySummary> {
             Some(Ok(message)) => {
                 last_progress = Instant::now();
                 let partition = message.partition();
-                if folder.fold(partition, message.offset(), message.payload())?
-                    == Folded::Undecodable
+                // Poison records were dead-lettered by the live node; a rebuild only skips them.
+                if let Folded::Poison { .. } =
+                    folder.fold(partition, message.offset(), message.payload())?
                 {
+                    folder.skip(partition, message.offset())?;
                     undecodable += 1;
                 }
                 records += 1;

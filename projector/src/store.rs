@@ -13,6 +13,12 @@
 //! - `d` + projection name -> the projection's definition the state was built with
 //! - `m` + projection + tenant (each u16-length-prefixed) + bucket start (i64, big endian with the
 //!   sign bit flipped so that keys sort by time) + partition (u32, big endian) -> read-model bytes
+//! - `i` + partition + tenant (u16-length-prefixed) + event id -> receive time (i64 LE): the
+//!   recent event ids of a partition, for dropping retried duplicates
+//! - `x` + partition + receive time (sortable) + tenant + event id -> nothing: the same ids in
+//!   expiry order
+//! - `l` + partition + first lost offset (sortable) -> end of the lost range (i64 LE): records
+//!   deleted by retention before they were folded
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -77,6 +83,9 @@ pub struct Store {
 const OFFSET_PREFIX: u8 = b'o';
 const DEFINITION_PREFIX: u8 = b'd';
 const MODEL_PREFIX: u8 = b'm';
+const ID_PREFIX: u8 = b'i';
+const EXPIRY_PREFIX: u8 = b'x';
+const LOST_PREFIX: u8 = b'l';
 
 impl Store {
     /// Opens (or creates) the store at `path` with a page cache of `cache_bytes`.
@@ -208,6 +217,80 @@ impl Store {
         Ok(merged)
     }
 
+    /// Whether the event id of `tenant` was folded from `partition` within the dedup window.
+    pub fn has_id(&self, partition: i32, tenant: &str, id: &str) -> Result<bool, StoreError> {
+        Ok(self.state.contains_key(id_key(partition, tenant, id))?)
+    }
+
+    /// Every stored event id of a partition, as (tenant, id).
+    pub fn ids(&self, partition: i32) -> Result<Vec<(String, String)>, StoreError> {
+        let prefix = partition_prefix(ID_PREFIX, partition);
+        let mut ids = Vec::new();
+        for entry in self.state.scan_prefix(prefix) {
+            let (key, _) = entry?;
+            let (tenant, id) = split_tenant_id(&key[5..]).ok_or_else(|| StoreError::Corrupt {
+                key: format!("{key:?}"),
+                reason: "malformed event id entry".into(),
+            })?;
+            ids.push((tenant, id));
+        }
+        Ok(ids)
+    }
+
+    /// Up to `limit` ids of a partition received before `cutoff_ms`, as expiry-index keys.
+    pub fn expired_ids(
+        &self,
+        partition: i32,
+        cutoff_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<ExpiredId>, StoreError> {
+        let start = partition_prefix(EXPIRY_PREFIX, partition);
+        let mut end = start.clone();
+        end.extend_from_slice(&sortable_i64(cutoff_ms));
+        let mut expired = Vec::new();
+        for entry in self.state.range(start..end).take(limit) {
+            let (key, _) = entry?;
+            let (tenant, id) = split_tenant_id(&key[13..]).ok_or_else(|| StoreError::Corrupt {
+                key: format!("{key:?}"),
+                reason: "malformed expiry entry".into(),
+            })?;
+            expired.push(ExpiredId {
+                expiry_key: key.to_vec(),
+                id_key: id_key(partition, &tenant, &id),
+            });
+        }
+        Ok(expired)
+    }
+
+    /// Records lost to retention in a partition, as half-open offset ranges.
+    pub fn lost_ranges(&self, partition: i32) -> Result<Vec<(i64, i64)>, StoreError> {
+        let mut ranges = Vec::new();
+        for entry in self
+            .state
+            .scan_prefix(partition_prefix(LOST_PREFIX, partition))
+        {
+            let (key, value) = entry?;
+            let from = key
+                .get(5..13)
+                .and_then(|b| b.try_into().ok())
+                .map(|b: [u8; 8]| (u64::from_be_bytes(b) ^ (1 << 63)) as i64);
+            let to = value
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(i64::from_le_bytes);
+            match (from, to) {
+                (Some(from), Some(to)) => ranges.push((from, to)),
+                _ => {
+                    return Err(StoreError::Corrupt {
+                        key: format!("{key:?}"),
+                        reason: "malformed lost-range entry".into(),
+                    });
+                }
+            }
+        }
+        Ok(ranges)
+    }
+
     /// Applies a batch atomically.
     pub fn write(&self, batch: StoreBatch) -> Result<(), StoreError> {
         if !batch.empty {
@@ -238,6 +321,40 @@ impl StoreBatch {
         self.batch.insert(&offset_key(partition)[..], &value[..]);
         self.empty = false;
     }
+
+    /// Stages a folded event id of `tenant`, received at `received_ms`.
+    pub fn put_id(&mut self, partition: i32, tenant: &str, id: &str, received_ms: i64) {
+        self.batch.insert(
+            id_key(partition, tenant, id),
+            &received_ms.to_le_bytes()[..],
+        );
+        let mut expiry = partition_prefix(EXPIRY_PREFIX, partition);
+        expiry.extend_from_slice(&sortable_i64(received_ms));
+        push_tenant_id(&mut expiry, tenant, id);
+        self.batch.insert(expiry, &[][..]);
+        self.empty = false;
+    }
+
+    /// Stages the removal of an id that left the dedup window.
+    pub fn remove_id(&mut self, expired: &ExpiredId) {
+        self.batch.remove(&expired.expiry_key[..]);
+        self.batch.remove(&expired.id_key[..]);
+        self.empty = false;
+    }
+
+    /// Stages a range of offsets `[from, to)` of a partition lost to retention.
+    pub fn put_lost_range(&mut self, partition: i32, from: i64, to: i64) {
+        let mut key = partition_prefix(LOST_PREFIX, partition);
+        key.extend_from_slice(&sortable_i64(from));
+        self.batch.insert(key, &to.to_le_bytes()[..]);
+        self.empty = false;
+    }
+}
+
+/// An event id that left the dedup window, by its two keys.
+pub struct ExpiredId {
+    expiry_key: Vec<u8>,
+    id_key: Vec<u8>,
 }
 
 /// The canonical text of a definition: what, if changed, makes stored state incompatible.
@@ -271,6 +388,33 @@ fn decode_offset(bytes: &[u8]) -> Option<PartitionOffset> {
         next_offset,
         last_event_ms,
     })
+}
+
+fn partition_prefix(prefix: u8, partition: i32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(64);
+    key.push(prefix);
+    key.extend_from_slice(&(partition as u32).to_be_bytes());
+    key
+}
+
+fn push_tenant_id(key: &mut Vec<u8>, tenant: &str, id: &str) {
+    key.extend_from_slice(&(tenant.len() as u16).to_be_bytes());
+    key.extend_from_slice(tenant.as_bytes());
+    key.extend_from_slice(id.as_bytes());
+}
+
+fn id_key(partition: i32, tenant: &str, id: &str) -> Vec<u8> {
+    let mut key = partition_prefix(ID_PREFIX, partition);
+    push_tenant_id(&mut key, tenant, id);
+    key
+}
+
+/// Reads `tenant` (u16-length-prefixed) then the id from the rest of a key.
+fn split_tenant_id(bytes: &[u8]) -> Option<(String, String)> {
+    let len = u16::from_be_bytes(bytes.get(..2)?.try_into().ok()?) as usize;
+    let tenant = std::str::from_utf8(bytes.get(2..2 + len)?).ok()?;
+    let id = std::str::from_utf8(bytes.get(2 + len..)?).ok()?;
+    Some((tenant.to_owned(), id.to_owned()))
 }
 
 fn model_prefix(projection: &str, tenant: &str) -> Vec<u8> {

@@ -38,6 +38,8 @@ pub struct Freshness {
     pub max_lag: i64,
     /// Nodes whose data is missing from the answer (down, too slow, or answered badly).
     pub nodes_unreachable: Vec<String>,
+    /// Sum of `lost_records` over `partitions`: records the answer misses for good.
+    pub lost_records: i64,
 }
 
 /// One partition: how far its node has folded it.
@@ -55,6 +57,12 @@ pub struct PartitionFreshness {
     pub lag: Option<i64>,
     /// Event time (epoch ms) of the last folded record; `null` when none carried one.
     pub last_event_ms: Option<i64>,
+    /// Records of the partition deleted by retention before they were folded: the answer
+    /// misses them. 0 when the read models cover the whole log.
+    pub lost_records: i64,
+    /// Set when the partition is not moving (a record it cannot fold could not be
+    /// dead-lettered); the reason says why.
+    pub stalled: Option<String>,
 }
 
 /// The merged read model of one projection and the freshness of the merge.
@@ -162,7 +170,7 @@ pub(crate) async fn gather_read_model(
             Ok(model) => {
                 decoded += 1;
                 models.extend(model);
-                partitions.extend(body.partitions.iter().map(|p| (node.clone(), *p)));
+                partitions.extend(body.partitions.iter().map(|p| (node.clone(), p.clone())));
             }
             Err(failure) => failed.push((node, failure)),
         }
@@ -294,6 +302,8 @@ fn freshness(partitions: Vec<(String, NodePartition)>, unreachable: Vec<String>)
             high_watermark: p.high_watermark,
             lag: p.lag,
             last_event_ms: p.last_event_ms,
+            lost_records: p.lost_records,
+            stalled: p.stalled,
         })
         .collect();
     partitions.sort_by(|a, b| (a.partition, &a.node).cmp(&(b.partition, &b.node)));
@@ -303,8 +313,10 @@ fn freshness(partitions: Vec<(String, NodePartition)>, unreachable: Vec<String>)
         .max()
         .unwrap_or(0)
         .max(0);
+    let lost_records = partitions.iter().map(|p| p.lost_records).sum();
     Freshness {
         complete: unreachable.is_empty(),
+        lost_records,
         partitions,
         max_lag,
         nodes_unreachable: unreachable,

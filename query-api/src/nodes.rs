@@ -71,13 +71,19 @@ pub(crate) struct PartitionsBody {
 
 /// How far a node has folded one of its partitions. `high_watermark` and `lag` are `None` until
 /// the node has learnt the partition's end from the broker.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub(crate) struct NodePartition {
     pub partition: i32,
     pub next_offset: i64,
     pub high_watermark: Option<i64>,
     pub lag: Option<i64>,
     pub last_event_ms: Option<i64>,
+    /// Records deleted by retention before the node folded them.
+    #[serde(default)]
+    pub lost_records: i64,
+    /// Why the partition is not moving, if it is stalled.
+    #[serde(default)]
+    pub stalled: Option<String>,
 }
 
 /// `GET /internal/v1/read-models/{projection}`.
