@@ -45,15 +45,21 @@ impl Running {
     }
 }
 
+/// One projector node: its address, and the service while it runs.
+struct Node {
+    listen: String,
+    running: Option<Running>,
+}
+
 /// The three services on one fresh topic.
 struct Pipeline {
     dir: PathBuf,
     topic: String,
     ingest_url: String,
     query_url: String,
-    projector_listen: String,
+    /// Projector nodes of one consumer group; the query API knows all of them.
+    nodes: Vec<Node>,
     ingest: Running,
-    projector: Option<Running>,
     query: Running,
     http: reqwest::Client,
 }
@@ -92,6 +98,11 @@ async fn create_topic(name: &str, partitions: i32) {
 
 impl Pipeline {
     async fn start(name: &str) -> Pipeline {
+        Pipeline::start_with_nodes(name, 1).await
+    }
+
+    /// Starts ingest, the query API and the first of `nodes` projector nodes.
+    async fn start_with_nodes(name: &str, nodes: usize) -> Pipeline {
         let unique = format!(
             "{name}-{}-{}",
             std::process::id(),
@@ -112,16 +123,18 @@ impl Pipeline {
                 r#"
                 [[tenant]]
                 name = "tenant-a"
-                api_keys = ["{TENANT_A_KEY}"]
+                api_key_sha256 = ["{}"]
                 events_per_second = 100000
                 burst_events = 100000
 
                 [[tenant]]
                 name = "tenant-b"
-                api_keys = ["{TENANT_B_KEY}"]
+                api_key_sha256 = ["{}"]
                 events_per_second = 100000
                 burst_events = 100000
-                "#
+                "#,
+                schemas::tenant::api_key_sha256_hex(TENANT_A_KEY),
+                schemas::tenant::api_key_sha256_hex(TENANT_B_KEY),
             ),
         )
         .unwrap();
@@ -153,10 +166,23 @@ impl Pipeline {
         .unwrap();
 
         let ingest_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let projector_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut projector_listeners = Vec::new();
+        for _ in 0..nodes {
+            projector_listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
         let query_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let ingest_url = format!("http://{}", ingest_listener.local_addr().unwrap());
-        let projector_listen = projector_listener.local_addr().unwrap().to_string();
+        let nodes: Vec<Node> = projector_listeners
+            .iter()
+            .map(|l| Node {
+                listen: l.local_addr().unwrap().to_string(),
+                running: None,
+            })
+            .collect();
+        let projector_urls: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("\"http://{}\"", n.listen))
+            .collect();
         let query_url = format!("http://{}", query_listener.local_addr().unwrap());
 
         let ingest_config = ingest::Config::from_toml(&format!(
@@ -181,10 +207,11 @@ impl Pipeline {
         let query_config = query_api::Config::from_toml(&format!(
             r#"
             listen = "{}"
-            projector_urls = ["http://{projector_listen}"]
+            projector_urls = [{}]
             tenants_file = "{}"
             "#,
             query_listener.local_addr().unwrap(),
+            projector_urls.join(", "),
             dir.join("tenants.toml").display()
         ))
         .expect("query api config");
@@ -200,47 +227,60 @@ impl Pipeline {
             topic,
             ingest_url,
             query_url,
-            projector_listen,
+            nodes,
             ingest,
-            projector: None,
             query,
             http: reqwest::Client::new(),
         };
-        pipeline.start_projector(Some(projector_listener)).await;
+        let first = projector_listeners
+            .into_iter()
+            .next()
+            .expect("one node at least");
+        pipeline.start_node(0, Some(first)).await;
         pipeline.wait_ready().await;
         pipeline
     }
 
     fn projector_config(&self) -> projector::Config {
+        self.node_config(0)
+    }
+
+    fn node_config(&self, node: usize) -> projector::Config {
         projector::Config::from_toml(&format!(
             r#"
             brokers = "{}"
             topic = "{}"
             group_id = "projector-{}"
+            node_name = "node-{node}"
             store_path = "{}"
             projections_file = "{}"
             internal_listen = "{}"
             batch_max_records = 500
             batch_interval_ms = 50
             watermark_interval_ms = 200
+            session_timeout_ms = 6000
             "#,
             bootstrap(),
             self.topic,
             self.topic,
-            self.dir.join("store").display(),
+            self.dir.join(format!("store-{node}")).display(),
             self.dir.join("projections.toml").display(),
-            self.projector_listen
+            self.nodes[node].listen
         ))
         .expect("projector config")
     }
 
     async fn start_projector(&mut self, listener: Option<TcpListener>) {
+        self.start_node(0, listener).await;
+    }
+
+    async fn start_node(&mut self, node: usize, listener: Option<TcpListener>) {
         let listener = match listener {
             Some(listener) => listener,
-            None => TcpListener::bind(&self.projector_listen).await.unwrap(),
+            None => TcpListener::bind(&self.nodes[node].listen).await.unwrap(),
         };
-        let config = self.projector_config();
-        self.projector = Some(spawn(move |stop| async move {
+        let config = self.node_config(node);
+        self.nodes[node].running = Some(spawn(move |stop| async move {
             projector::serve(config, listener, metrics(), async {
                 let _ = stop.await;
             })
@@ -249,7 +289,12 @@ impl Pipeline {
     }
 
     async fn stop_projector(&mut self) {
-        self.projector
+        self.stop_node(0).await;
+    }
+
+    async fn stop_node(&mut self, node: usize) {
+        self.nodes[node]
+            .running
             .take()
             .expect("projector running")
             .stop()
@@ -260,7 +305,7 @@ impl Pipeline {
         let deadline = Instant::now() + Duration::from_secs(30);
         for url in [
             format!("{}/readyz", self.ingest_url),
-            format!("http://{}/healthz", self.projector_listen),
+            format!("http://{}/healthz", self.nodes[0].listen),
             format!("{}/healthz", self.query_url),
         ] {
             loop {
@@ -331,8 +376,10 @@ impl Pipeline {
     }
 
     async fn stop(mut self) {
-        if self.projector.is_some() {
-            self.stop_projector().await;
+        for node in 0..self.nodes.len() {
+            if self.nodes[node].running.is_some() {
+                self.stop_node(node).await;
+            }
         }
         self.ingest.stop().await;
         self.query.stop().await;
@@ -504,6 +551,121 @@ async fn test_projector_restarted_mid_stream_counts_nothing_twice() {
         .query(TENANT_A_KEY, "/v1/projections/top_paths/top?k=20")
         .await;
     assert_eq!(replayed_top["items"], live_top["items"]);
+
+    pipeline.stop().await;
+}
+
+/// Polls the distinct answer until it counts `expected` events with every partition served by
+/// `nodes` nodes together,
+/// accepting only the answers a query may give while partitions move: 200 (possibly partial,
+/// and then marked so), or 503 while a partition is briefly reported by two nodes.
+async fn wait_during_moves(pipeline: &Pipeline, expected: u64, nodes: usize) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let response = pipeline
+            .http
+            .get(format!(
+                "{}/v1/projections/visitors/distinct",
+                pipeline.query_url
+            ))
+            .bearer_auth(TENANT_A_KEY)
+            .send()
+            .await
+            .expect("query api answers");
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.expect("JSON answer");
+        match status {
+            200 => {
+                let events = body["events"].as_u64().unwrap_or(0);
+                let served: HashSet<i64> = body["freshness"]["partitions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p["partition"].as_i64().unwrap())
+                    .collect();
+                assert!(
+                    events <= expected,
+                    "counted {events}, only {expected} sent: {body}"
+                );
+                if served.len() < PARTITIONS as usize {
+                    // A partition no node serves right now is named in the answer.
+                    assert_eq!(body["freshness"]["complete"], false, "{body}");
+                    assert!(
+                        !body["freshness"]["missing_partitions"]
+                            .as_array()
+                            .unwrap()
+                            .is_empty(),
+                        "unserved partitions are not named: {body}"
+                    );
+                }
+                let serving: HashSet<&str> = body["freshness"]["partitions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p["node"].as_str().unwrap())
+                    .collect();
+                if events == expected
+                    && served.len() == PARTITIONS as usize
+                    && serving.len() == nodes
+                {
+                    return body;
+                }
+            }
+            503 => {
+                let code = body["error"]["code"].as_str().unwrap_or_default();
+                assert!(
+                    code == "partition_overlap" || code == "projectors_unavailable",
+                    "unexpected 503: {body}"
+                );
+            }
+            other => panic!("query answered {other} while partitions moved: {body}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never saw {expected} events: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn test_projector_nodes_started_and_stopped_in_turn_count_every_partition_once() {
+    let mut pipeline = Pipeline::start_with_nodes("rebalance", 3).await;
+    let events = views(0, 5_000, 2_000);
+    let mut sent = 0;
+    let mut send = async |pipeline: &Pipeline, count: usize| {
+        for batch in events[sent..sent + count].chunks(250) {
+            pipeline.post(TENANT_A_KEY, batch).await;
+        }
+        sent += count;
+        sent as u64
+    };
+
+    let total = send(&pipeline, 1_000).await;
+    wait_during_moves(&pipeline, total, 1).await;
+
+    // Two, then three nodes share the partitions; each partition is served by one of them.
+    pipeline.start_node(1, None).await;
+    let total = send(&pipeline, 1_000).await;
+    wait_during_moves(&pipeline, total, 2).await;
+    pipeline.start_node(2, None).await;
+    let total = send(&pipeline, 1_000).await;
+    wait_during_moves(&pipeline, total, 3).await;
+
+    // Stop them in turn: the last node ends up with every partition, counted once.
+    pipeline.stop_node(0).await;
+    let total = send(&pipeline, 1_000).await;
+    wait_during_moves(&pipeline, total, 2).await;
+    pipeline.stop_node(1).await;
+    let total = send(&pipeline, 1_000).await;
+    let last = wait_during_moves(&pipeline, total, 1).await;
+    assert_eq!(last["events"], 5_000);
+    let estimate = &last["distinct"];
+    assert!(
+        estimate["lower_bound"].as_f64().unwrap() <= 2_000.0
+            && 2_000.0 <= estimate["upper_bound"].as_f64().unwrap(),
+        "2000 outside {estimate}"
+    );
 
     pipeline.stop().await;
 }

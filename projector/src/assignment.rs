@@ -5,6 +5,7 @@
 //! never counts a partition twice across nodes.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
@@ -31,6 +32,8 @@ pub struct PartitionStatus {
 #[derive(Debug, Clone, Default)]
 pub struct Assignment {
     partitions: Arc<RwLock<BTreeMap<i32, PartitionStatus>>>,
+    /// Partitions of the topic, from its metadata; 0 until read.
+    partition_count: Arc<AtomicI32>,
 }
 
 impl Assignment {
@@ -71,6 +74,16 @@ impl Assignment {
         if let Some(status) = partitions.get_mut(&partition) {
             status.stalled = reason;
         }
+    }
+
+    /// Records the topic's partition count.
+    pub fn set_partition_count(&self, count: i32) {
+        self.partition_count.store(count, Ordering::Relaxed);
+    }
+
+    /// The topic's partition count, once known.
+    pub fn partition_count(&self) -> Option<i32> {
+        Some(self.partition_count.load(Ordering::Relaxed)).filter(|&n| n > 0)
     }
 
     /// Stops serving `partition`.

@@ -583,19 +583,38 @@ impl ProjectorContext {
     }
 }
 
-/// Reads the watermarks of every assigned partition now and then, for lag.
+/// A Kafka client for reading metadata and watermarks.
+pub fn metadata_client(config: &Config) -> anyhow::Result<BaseConsumer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set_log_level(RDKafkaLogLevel::Error)
+        .create()
+        .context("cannot create the Kafka client for watermarks")
+}
+
+/// Reads the topic's partition count into the assignment.
+pub fn read_partition_count(client: &BaseConsumer, topic: &str, assignment: &Assignment) {
+    match client.fetch_metadata(Some(topic), Duration::from_secs(2)) {
+        Ok(metadata) => {
+            if let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) {
+                assignment.set_partition_count(found.partitions().len() as i32);
+            }
+        }
+        Err(e) => debug!(error = %e, "cannot read the topic metadata"),
+    }
+}
+
+/// Reads the partition count and the watermarks of every assigned partition now and then, for
+/// lag and for naming partitions that no node serves.
 pub fn watch_watermarks(
     config: &Config,
     assignment: Assignment,
     shutdown: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
-        .set_log_level(RDKafkaLogLevel::Error)
-        .create()
-        .context("cannot create the Kafka client for watermarks")?;
+    let client = metadata_client(config)?;
     let interval = Duration::from_millis(config.watermark_interval_ms);
     while !shutdown.load(Ordering::Relaxed) {
+        read_partition_count(&client, &config.topic, &assignment);
         for partition in assignment.partitions() {
             match client.fetch_watermarks(&config.topic, partition, Duration::from_secs(2)) {
                 Ok((_low, high)) => {

@@ -74,6 +74,8 @@ async fn projections(State(state): State<InternalState>) -> Response {
 struct PartitionsAnswer {
     node: String,
     topic: String,
+    /// Partitions of the topic (all nodes together serve them); `null` until known.
+    partition_count: Option<i32>,
     partitions: Vec<PartitionStatus>,
 }
 
@@ -81,6 +83,7 @@ async fn partitions(State(state): State<InternalState>) -> Json<PartitionsAnswer
     Json(PartitionsAnswer {
         node: state.node_name.clone(),
         topic: state.topic.clone(),
+        partition_count: state.assignment.partition_count(),
         partitions: state.assignment.snapshot(),
     })
 }
@@ -97,6 +100,8 @@ struct RangeParams {
 struct ReadModelAnswer<'a> {
     projection: &'a str,
     kind: Kind,
+    /// Partitions of the topic (all nodes together serve them); `null` until known.
+    partition_count: Option<i32>,
     partitions: Vec<PartitionStatus>,
     /// Standard base64 of the merged read-model bytes; `null` when nothing was folded.
     read_model: Option<String>,
@@ -129,6 +134,7 @@ async fn read_model(
         Ok(Ok(model)) => Json(ReadModelAnswer {
             projection: &projection.name,
             kind: projection.kind,
+            partition_count: state.assignment.partition_count(),
             partitions,
             read_model: model
                 .map(|m| base64::engine::general_purpose::STANDARD.encode(m.to_bytes())),

@@ -52,6 +52,17 @@ pub async fn serve(
     let store = open_or_rebuild(&config)?;
     store.check_definitions(&projections)?;
     let assignment = Assignment::default();
+    // Known before the endpoint answers, so no answer omits a partition unnoticed.
+    {
+        let (config, assignment) = (config.clone(), assignment.clone());
+        tokio::task::spawn_blocking(move || {
+            let client = consumer::metadata_client(&config)?;
+            consumer::read_partition_count(&client, &config.topic, &assignment);
+            anyhow::Ok(())
+        })
+        .await
+        .context("metadata task panicked")??;
+    }
     let stop = Arc::new(AtomicBool::new(false));
 
     // The consumer and the watermark reader block on librdkafka; each gets its own thread.

@@ -291,6 +291,17 @@ impl Store {
         Ok(ranges)
     }
 
+    /// Every entry of the store, in key order: for comparing two stores byte for byte.
+    pub fn entries(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.state
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                Ok((key.to_vec(), value.to_vec()))
+            })
+            .collect()
+    }
+
     /// Applies a batch atomically.
     pub fn write(&self, batch: StoreBatch) -> Result<(), StoreError> {
         if !batch.empty {

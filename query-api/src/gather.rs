@@ -40,6 +40,9 @@ pub struct Freshness {
     pub nodes_unreachable: Vec<String>,
     /// Sum of `lost_records` over `partitions`: records the answer misses for good.
     pub lost_records: i64,
+    /// Partitions of the topic that no answering node serves right now (a node is down, or
+    /// the partition is moving between nodes): the answer misses their events for now.
+    pub missing_partitions: Vec<i32>,
 }
 
 /// One partition: how far its node has folded it.
@@ -164,12 +167,14 @@ pub(crate) async fn gather_read_model(
 
     let mut models = Vec::new();
     let mut partitions = Vec::new();
+    let mut partition_count = None;
     let mut decoded = 0;
     for (node, body) in reached {
         match decode(body.read_model.as_deref(), kind) {
             Ok(model) => {
                 decoded += 1;
                 models.extend(model);
+                partition_count = partition_count.max(body.partition_count);
                 partitions.extend(body.partitions.iter().map(|p| (node.clone(), p.clone())));
             }
             Err(failure) => failed.push((node, failure)),
@@ -181,6 +186,7 @@ pub(crate) async fn gather_read_model(
     }
     let freshness = freshness(
         partitions,
+        partition_count,
         failed.iter().map(|(node, _)| node.clone()).collect(),
     );
     refuse_overlap(&freshness)?;
@@ -218,11 +224,13 @@ pub(crate) async fn gather_status(nodes: &ProjectorNodes) -> Result<Status, Quer
     let mut failed = Vec::new();
     let mut projections = None;
     let mut partitions = Vec::new();
+    let mut partition_count = None;
     for (listed, positions) in projection_answers.into_iter().zip(partition_answers) {
         let node = listed.node;
         match (listed.result, positions.result) {
             (Ok(body), Ok(positions)) => {
                 projections.get_or_insert(body.projections);
+                partition_count = partition_count.max(positions.partition_count);
                 partitions.extend(positions.partitions.into_iter().map(|p| (node.clone(), p)));
             }
             (Ok(body), Err(failure)) => {
@@ -239,7 +247,7 @@ pub(crate) async fn gather_status(nodes: &ProjectorNodes) -> Result<Status, Quer
     let unreachable = failed.into_iter().map(|(node, _)| node).collect();
     Ok(Status {
         projections,
-        freshness: freshness(partitions, unreachable),
+        freshness: freshness(partitions, partition_count, unreachable),
     })
 }
 
@@ -292,7 +300,11 @@ fn decode(encoded: Option<&str>, kind: Kind) -> Result<Option<ReadModel>, NodeFa
     Ok(Some(model))
 }
 
-fn freshness(partitions: Vec<(String, NodePartition)>, unreachable: Vec<String>) -> Freshness {
+fn freshness(
+    partitions: Vec<(String, NodePartition)>,
+    partition_count: Option<i32>,
+    unreachable: Vec<String>,
+) -> Freshness {
     let mut partitions: Vec<PartitionFreshness> = partitions
         .into_iter()
         .map(|(node, p)| PartitionFreshness {
@@ -314,8 +326,12 @@ fn freshness(partitions: Vec<(String, NodePartition)>, unreachable: Vec<String>)
         .unwrap_or(0)
         .max(0);
     let lost_records = partitions.iter().map(|p| p.lost_records).sum();
+    let missing_partitions: Vec<i32> = (0..partition_count.unwrap_or(0))
+        .filter(|id| !partitions.iter().any(|p| p.partition == *id))
+        .collect();
     Freshness {
-        complete: unreachable.is_empty(),
+        complete: unreachable.is_empty() && missing_partitions.is_empty(),
+        missing_partitions,
         lost_records,
         partitions,
         max_lag,

@@ -66,6 +66,9 @@ pub(crate) struct ProjectionInfo {
 /// `GET /internal/v1/partitions`.
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct PartitionsBody {
+    /// Partitions of the topic, as the node last read it; `None` until it knows.
+    #[serde(default)]
+    pub partition_count: Option<i32>,
     pub partitions: Vec<NodePartition>,
 }
 
@@ -90,6 +93,9 @@ pub(crate) struct NodePartition {
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct ReadModelBody {
     pub kind: String,
+    /// Partitions of the topic, as the node last read it; `None` until it knows.
+    #[serde(default)]
+    pub partition_count: Option<i32>,
     pub partitions: Vec<NodePartition>,
     /// Standard base64 of the node's merged read model; `None` when it holds no bucket of the
     /// tenant in the window.
