@@ -292,7 +292,7 @@ impl Store {
     }
 
     /// Every entry of the store, in key order: for comparing two stores byte for byte.
-    pub fn entries(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn entries(&self) -> Result<Vec<StoreEntry>, StoreError> {
         self.state
             .iter()
             .map(|entry| {
@@ -361,6 +361,9 @@ impl StoreBatch {
         self.empty = false;
     }
 }
+
+/// One raw key and value of the store.
+pub type StoreEntry = (Vec<u8>, Vec<u8>);
 
 /// An event id that left the dedup window, by its two keys.
 pub struct ExpiredId {
