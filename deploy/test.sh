@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # deploy/test.sh: every check of the project. Formatting, lints with warnings denied, then the
 # whole test suite, whose end-to-end tests run against a real Kafka broker that this script
-# starts on its own port (KAFKA_PORT, default 19092) and stops on exit.
+# starts on its own port (KAFKA_PORT, default 19092) and stops on exit. The shared rate-limit
+# tests need a Redis server: one is started on TEST_REDIS_PORT (default 16379), without
+# persistence, unless one already answers there, and stopped on exit; REDIS_URL points the tests
+# at it.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 export KAFKA_PORT=${TEST_KAFKA_PORT:-19092}
+redis_port=${TEST_REDIS_PORT:-16379}
+export REDIS_URL=redis://127.0.0.1:$redis_port/
 
 echo "test: cargo fmt --check" >&2
 cargo fmt --all -- --check
@@ -15,9 +20,15 @@ echo "test: cargo clippy (warnings denied)" >&2
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 results=$(mktemp)
+redis_dir=$(mktemp -d)
 cleanup() {
   local status=$?
   deploy/kafka.sh stop || true
+  # Only the Redis server this script started, by the pid it wrote.
+  if [ -s "$redis_dir/redis.pid" ]; then
+    kill "$(cat "$redis_dir/redis.pid")" 2>/dev/null || true
+  fi
+  rm -rf "$redis_dir"
   # One closing line for the whole run: the sum of every test binary's result line.
   if [ -s "$results" ]; then
     awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
@@ -29,5 +40,28 @@ cleanup() {
 trap cleanup EXIT INT TERM
 KAFKA_FRESH=1 deploy/kafka.sh start
 
-echo "test: cargo test against the broker at 127.0.0.1:$KAFKA_PORT" >&2
+if redis-cli -p "$redis_port" ping >/dev/null 2>&1; then
+  echo "test: using the redis server already answering on 127.0.0.1:$redis_port" >&2
+else
+  command -v redis-server >/dev/null || {
+    echo "test: redis-server is missing: install it (apt-get install redis-server)" >&2
+    exit 1
+  }
+  echo "test: starting redis on 127.0.0.1:$redis_port" >&2
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+    --daemonize yes --pidfile "$redis_dir/redis.pid" --logfile "$redis_dir/redis.log" \
+    --dir "$redis_dir"
+  for _ in $(seq 50); do
+    redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  redis-cli -p "$redis_port" ping >/dev/null || {
+    echo "test: redis did not start on port $redis_port; its log:" >&2
+    cat "$redis_dir/redis.log" >&2
+    exit 1
+  }
+fi
+
+python3 -c 'import datasketches' 2>/dev/null || pip install --quiet datasketches==5.2.0
+echo "test: cargo test against the broker at 127.0.0.1:$KAFKA_PORT and $REDIS_URL" >&2
 KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT cargo test --workspace -- --test-threads 2 2>&1 | tee "$results"

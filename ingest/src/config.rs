@@ -19,6 +19,10 @@
 //!
 //! [limits]
 //! max_events_per_request = 1000
+//!
+//! [rate_limit]                 # optional; see `crate::rate_limit` for every key
+//! redis_url = "redis://127.0.0.1:6379/"
+//! replica_count = 3
 //! ```
 
 use std::net::SocketAddr;
@@ -28,6 +32,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use schemas::Limits;
+
+use crate::rate_limit::{RateLimitConfig, RateLimitSection};
 
 /// Validated ingest configuration. Durations and sizes are in the types the code uses; see the
 /// module docs for the file format and [`Config::from_toml`] for defaults.
@@ -65,6 +71,8 @@ pub struct Config {
     pub shutdown_flush: Duration,
     /// Validation limits for incoming events.
     pub limits: Limits,
+    /// Where the tenants' rate limits are kept: in process, or shared through Redis.
+    pub rate_limit: RateLimitConfig,
 }
 
 /// Why a configuration was refused.
@@ -108,6 +116,8 @@ struct ConfigFile {
     /// Each limit left out keeps the value of `schemas::Limits::default()`.
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    rate_limit: RateLimitSection,
 }
 
 /// 5 MiB.
@@ -120,7 +130,7 @@ const fn default_request_deadline_ms() -> u64 {
 }
 
 const fn default_message_timeout_ms() -> u64 {
-    10_000
+    4_000
 }
 
 const fn default_queue_max_messages() -> u32 {
@@ -154,9 +164,10 @@ impl Config {
     }
 
     /// Parses and validates config TOML. Defaults: `max_body_bytes` 5 MiB,
-    /// `request_deadline_ms` 5000, `message_timeout_ms` 10000, `queue_max_messages` 100000,
+    /// `request_deadline_ms` 5000, `message_timeout_ms` 4000, `queue_max_messages` 100000,
     /// `linger_ms` 5, `metadata_refresh_ms` 1000, `metadata_timeout_ms` 2000,
-    /// `shutdown_flush_ms` 5000, `[limits]` from `schemas::Limits::default()`.
+    /// `shutdown_flush_ms` 5000, `[limits]` from `schemas::Limits::default()`, `[rate_limit]`
+    /// in process with `replica_count` 1.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let file: ConfigFile =
             toml::from_str(text).map_err(|e| ConfigError::Toml(e.message().to_owned()))?;
@@ -172,6 +183,13 @@ impl Config {
                 field: "max_body_bytes",
                 reason: "too large for this machine".into(),
             })?;
+        let rate_limit = file
+            .rate_limit
+            .validate()
+            .map_err(|error| ConfigError::Invalid {
+                field: error.field,
+                reason: error.reason,
+            })?;
         let config = Config {
             listen,
             brokers: file.brokers,
@@ -186,6 +204,7 @@ impl Config {
             metadata_timeout: Duration::from_millis(file.metadata_timeout_ms),
             shutdown_flush: Duration::from_millis(file.shutdown_flush_ms),
             limits: file.limits,
+            rate_limit,
         };
         config.validate()?;
         Ok(config)
@@ -233,6 +252,9 @@ impl Config {
         if self.queue_max_messages == 0 {
             return invalid("queue_max_messages", "must be at least 1");
         }
+        if self.rate_limit.replica_count == 0 {
+            return invalid("rate_limit.replica_count", "must be at least 1");
+        }
         let positive = [
             ("request_deadline_ms", self.request_deadline),
             ("message_timeout_ms", self.message_timeout),
@@ -243,6 +265,15 @@ impl Config {
             if value.is_zero() {
                 return invalid(field, "must be at least 1");
             }
+        }
+        // A record still being retried after its request was answered 503 could land in Kafka
+        // after the client was told it failed: give up on records before answering.
+        if self.message_timeout >= self.request_deadline {
+            return invalid(
+                "message_timeout_ms",
+                "must be less than request_deadline_ms, so that a request answered 503 has no \
+                 record still in flight",
+            );
         }
         // librdkafka refuses a message.timeout.ms past i32::MAX and a linger.ms past 900000.
         if self.message_timeout > Duration::from_millis(i32::MAX as u64) {

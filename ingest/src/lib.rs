@@ -10,10 +10,16 @@
 //! completes; [`router`] and [`AppState`] give the routes alone, for tests. The library never
 //! installs a global metrics recorder or tracing subscriber; the binary does.
 //!
+//! Tenants (keys and limits) come from the tenant file, reloaded without a restart on SIGHUP and
+//! when the file changes; a refused new version leaves the previous one in force
+//! (`schemas::tenant::watch`). Rate limits count events and are kept in process or shared by
+//! every replica through Redis ([`rate_limit`]).
+//!
 //! Metrics (see [`telemetry`]): `ingest_events_received_total`,
 //! `ingest_events_accepted_total`, `ingest_events_rejected_total{reason}`,
 //! `ingest_events_rate_limited_total{tenant}`, `ingest_requests_total{status}`,
-//! `ingest_produce_latency_seconds` (histogram), `ingest_kafka_ready` (gauge).
+//! `ingest_produce_latency_seconds` (histogram), `ingest_kafka_ready` (gauge),
+//! `ingest_rate_limit_fallback` (gauge), `ingest_tenant_reloads_total{result}`.
 
 pub mod body;
 pub mod config;
@@ -22,11 +28,13 @@ pub mod event_log;
 pub mod rate_limit;
 pub mod routes;
 pub mod telemetry;
+pub mod tenant_rules;
 
 use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context;
+use metrics::counter;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
@@ -39,6 +47,9 @@ pub use routes::{AppState, router};
 
 /// How often histogram data in the Prometheus recorder is drained.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How often the tenant file is read to see whether it changed.
+const TENANT_FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs ingest on `listener` until `shutdown` completes, then stops accepting connections,
 /// lets requests in flight finish, and flushes the producer for at most `shutdown_flush_ms`,
@@ -62,8 +73,28 @@ pub async fn serve(
     })?;
     let state = AppState::new(&config, tenants, metrics.clone())
         .context("cannot create the kafka producer: check the producer settings in the config")?;
+    // From here on SIGHUP reloads the tenant file instead of ending the process.
+    let limits = state.limits().clone();
+    let tenant_watch = schemas::tenant::watch::spawn(
+        config.tenants_file.clone(),
+        state.tenants().clone(),
+        TENANT_FILE_POLL_INTERVAL,
+        move |reload| {
+            counter!(telemetry::TENANT_RELOADS, "result" => reload.result()).increment(1);
+            if let schemas::tenant::watch::Reload::Applied { file } = reload {
+                limits.retain(file);
+            }
+        },
+    )
+    .context("cannot listen for SIGHUP, which reloads the tenant file")?;
     let event_log = state.event_log().clone();
-    let partitions = event_log.refresh_metadata().await?;
+    let partitions = match event_log.refresh_metadata().await {
+        Ok(partitions) => partitions,
+        Err(error) => {
+            tenant_watch.abort();
+            return Err(error.into());
+        }
+    };
     tracing::info!(topic = %config.topic, partitions, brokers = %config.brokers, "kafka topic found");
 
     let watcher = tokio::spawn(event_log::watch_metadata(
@@ -85,6 +116,7 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await;
     watcher.abort();
+    tenant_watch.abort();
     upkeep.abort();
 
     tracing::info!(

@@ -3,17 +3,21 @@
 //! Guarantee: `POST /v1/events` answers 202 `{"accepted": N}` only after Kafka acknowledged all
 //! N events of the request; a request refused before producing (401, 413, 415, 400, 429) wrote
 //! nothing. Steps, in order: authenticate the bearer key, check content type and encoding,
-//! read the body (at most `max_body_bytes`, also after gzip decoding), validate every event
-//! with `schemas::parse_events`, take the events from the tenant's rate limit, append them.
+//! read the body (at most `max_body_bytes`, or the tenant's smaller `max_body_bytes`, also after
+//! gzip decoding), validate every event with `schemas::parse_events` and against the tenant's
+//! allowed event types and `max_event_bytes`, take the events from the tenant's rate limit,
+//! append them. Answers given after the rate limit was consulted (202, 429, and 503 when Kafka
+//! cannot take the admitted events) carry the `RateLimit-Policy` and `RateLimit` header fields.
 
 use std::borrow::Cow;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -22,7 +26,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::error::KafkaError;
 use serde_json::json;
 
-use schemas::tenant::TenantFile;
+use schemas::tenant::{SharedTenants, Tenant, TenantFile};
 use schemas::{Limits, Record, parse_events};
 
 use crate::body::{Encoding, body_encoding, body_format, gunzip_bounded};
@@ -30,7 +34,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::event_log::EventLog;
 use crate::rate_limit::{Refusal, TenantLimits};
-use crate::telemetry;
+use crate::{telemetry, tenant_rules};
 
 /// Everything the handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -39,8 +43,8 @@ pub struct AppState {
 }
 
 struct Shared {
-    tenants: TenantFile,
-    limits: TenantLimits,
+    tenants: SharedTenants,
+    limits: Arc<TenantLimits>,
     event_log: Arc<EventLog>,
     metrics: PrometheusHandle,
     max_body_bytes: usize,
@@ -73,8 +77,8 @@ impl AppState {
         let event_log = Arc::new(EventLog::new(config)?);
         Ok(AppState {
             inner: Arc::new(Shared {
-                limits: TenantLimits::new(&tenants),
-                tenants,
+                limits: Arc::new(TenantLimits::new(&config.rate_limit)),
+                tenants: SharedTenants::new(tenants),
                 event_log,
                 metrics,
                 max_body_bytes: config.max_body_bytes,
@@ -88,15 +92,29 @@ impl AppState {
     pub fn event_log(&self) -> &Arc<EventLog> {
         &self.inner.event_log
     }
+
+    /// The tenant file in force; reloading it changes keys and limits for the next requests.
+    pub fn tenants(&self) -> &SharedTenants {
+        &self.inner.tenants
+    }
+
+    /// The tenants' rate limits.
+    pub fn limits(&self) -> &Arc<TenantLimits> {
+        &self.inner.limits
+    }
 }
 
 async fn post_events(State(state): State<AppState>, request: Request) -> Response {
-    let response = match accept_events(&state, request).await {
+    let mut rate_limit_fields = None;
+    let mut response = match accept_events(&state, request, &mut rate_limit_fields).await {
         Ok(accepted) => {
             (StatusCode::ACCEPTED, Json(json!({ "accepted": accepted }))).into_response()
         }
         Err(error) => error.into_response(),
     };
+    response
+        .headers_mut()
+        .extend(rate_limit_fields.into_iter().flatten());
     counter!(telemetry::REQUESTS, "status" => response.status().as_u16().to_string()).increment(1);
     response
 }
@@ -131,25 +149,39 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
 }
 
 /// Runs the steps of `POST /v1/events` and returns the number of events Kafka acknowledged.
-async fn accept_events(state: &AppState, request: Request) -> Result<usize, ApiError> {
+/// Once the rate limit was consulted, `rate_limit_fields` holds the header fields to answer with.
+async fn accept_events(
+    state: &AppState,
+    request: Request,
+    rate_limit_fields: &mut Option<[(HeaderName, HeaderValue); 2]>,
+) -> Result<usize, ApiError> {
     let shared = &state.inner;
     let headers = request.headers();
-    let tenant = authenticate(&shared.tenants, headers)?;
+    let tenant = authenticate(&shared.tenants.current(), headers)?;
     let format = body_format(headers)?;
     let encoding = body_encoding(headers)?;
-    if declared_length(headers).is_some_and(|length| length > shared.max_body_bytes) {
+    let max_body_bytes = tenant
+        .max_body_bytes
+        .map_or(shared.max_body_bytes, |bytes| {
+            bytes.min(shared.max_body_bytes)
+        });
+    if declared_length(headers).is_some_and(|length| length > max_body_bytes) {
         return Err(ApiError::BodyTooLarge {
-            limit_bytes: shared.max_body_bytes,
+            limit_bytes: max_body_bytes,
         });
     }
     let body = Bytes::from_request(request, &())
         .await
-        .map_err(|rejection| body_rejection(rejection, shared.max_body_bytes))?;
+        .map_err(|rejection| body_rejection(rejection, max_body_bytes))?;
+    if body.len() > max_body_bytes {
+        return Err(ApiError::BodyTooLarge {
+            limit_bytes: max_body_bytes,
+        });
+    }
 
     let received_ms = now_ms();
-    let max_body_bytes = shared.max_body_bytes;
     let event_limits = Arc::clone(&shared.event_limits);
-    let tenant_name = tenant.clone();
+    let rules_tenant = Arc::clone(&tenant);
     // Decoding and validating up to `max_body_bytes` of JSON is CPU work: keep it off the
     // async workers.
     let records: Vec<Record> = tokio::task::spawn_blocking(move || {
@@ -157,19 +189,38 @@ async fn accept_events(state: &AppState, request: Request) -> Result<usize, ApiE
             Encoding::Identity => Cow::Borrowed(&body[..]),
             Encoding::Gzip => Cow::Owned(gunzip_bounded(&body, max_body_bytes)?),
         };
-        parse_events(&decoded, format, &tenant_name, received_ms, &event_limits)
-            .map_err(|problems| ApiError::InvalidEvents { problems })
+        let records = parse_events(
+            &decoded,
+            format,
+            &rules_tenant.name,
+            received_ms,
+            &event_limits,
+        )
+        .map_err(|problems| ApiError::InvalidEvents { problems })?;
+        tenant_rules::check_batch(&rules_tenant, &records, &decoded, format)
+            .map_err(|problems| ApiError::InvalidEvents { problems })?;
+        Ok::<_, ApiError>(records)
     })
     .await
     .map_err(|error| ApiError::Internal(format!("event parsing task failed: {error}")))??;
 
     let events = records.len();
     counter!(telemetry::EVENTS_RECEIVED).increment(events as u64);
-    if let Err(refusal) = shared.limits.admit(&tenant, events) {
-        return Err(refused(&tenant, events, refusal));
-    }
-    if records.is_empty() {
+    let Some(batch) = NonZeroU32::new(u32::try_from(events).unwrap_or(u32::MAX)) else {
         return Ok(0);
+    };
+    match shared.limits.admit(&tenant, batch).await {
+        Ok(status) => *rate_limit_fields = Some(status.header_fields(None)),
+        Err(refusal) => {
+            if let Refusal::Later {
+                retry_after_s,
+                status,
+            } = &refusal
+            {
+                *rate_limit_fields = Some(status.header_fields(Some(*retry_after_s)));
+            }
+            return Err(refused(&tenant.name, events, refusal));
+        }
     }
     if let Err(error) = shared
         .event_log
@@ -183,8 +234,8 @@ async fn accept_events(state: &AppState, request: Request) -> Result<usize, ApiE
     Ok(events)
 }
 
-/// The tenant name of the `Authorization: Bearer <key>` header.
-fn authenticate(tenants: &TenantFile, headers: &HeaderMap) -> Result<String, ApiError> {
+/// The tenant of the `Authorization: Bearer <key>` header.
+fn authenticate(tenants: &TenantFile, headers: &HeaderMap) -> Result<Arc<Tenant>, ApiError> {
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -195,7 +246,7 @@ fn authenticate(tenants: &TenantFile, headers: &HeaderMap) -> Result<String, Api
     }
     tenants
         .authenticate(key.trim())
-        .map(|tenant| tenant.name.clone())
+        .cloned()
         .ok_or(ApiError::Unauthorized)
 }
 
@@ -221,7 +272,7 @@ fn body_rejection(rejection: BytesRejection, limit_bytes: usize) -> ApiError {
 fn refused(tenant: &str, events: usize, refusal: Refusal) -> ApiError {
     let events_u64 = events as u64;
     match refusal {
-        Refusal::Later { retry_after_s } => {
+        Refusal::Later { retry_after_s, .. } => {
             counter!(telemetry::EVENTS_REJECTED, "reason" => "rate_limited").increment(events_u64);
             counter!(telemetry::EVENTS_RATE_LIMITED, "tenant" => tenant.to_owned())
                 .increment(events_u64);
@@ -238,9 +289,6 @@ fn refused(tenant: &str, events: usize, refusal: Refusal) -> ApiError {
                 events: u32::try_from(events).unwrap_or(u32::MAX),
                 burst_events,
             }
-        }
-        Refusal::UnknownTenant => {
-            ApiError::Internal(format!("tenant {tenant:?} has no rate limiter"))
         }
     }
 }

@@ -13,6 +13,8 @@
 //! | `ingest_requests_total` | counter | `status` | `POST /v1/events` requests by HTTP status code |
 //! | `ingest_produce_latency_seconds` | histogram | | time from the first record of a request entering the producer to the last acknowledgement (or failure) |
 //! | `ingest_kafka_ready` | gauge | | 1 while topic metadata can be read from Kafka, else 0 |
+//! | `ingest_rate_limit_fallback` | gauge | | 1 while Redis is configured for shared rate limits but does not answer, so this replica enforces its local share (`quota / replica_count`); else 0 |
+//! | `ingest_tenant_reloads_total` | counter | `result` | reloads of the tenant file (on change or SIGHUP): `reloaded`, or `refused` when the new version is invalid and the previous one stays in force |
 //!
 //! Requests refused before their events are known (401, 413, 415, 400) count only in
 //! `ingest_requests_total`.
@@ -26,6 +28,8 @@ pub const EVENTS_RATE_LIMITED: &str = "ingest_events_rate_limited_total";
 pub const REQUESTS: &str = "ingest_requests_total";
 pub const PRODUCE_LATENCY: &str = "ingest_produce_latency_seconds";
 pub const KAFKA_READY: &str = "ingest_kafka_ready";
+pub const RATE_LIMIT_FALLBACK: &str = "ingest_rate_limit_fallback";
+pub const TENANT_RELOADS: &str = "ingest_tenant_reloads_total";
 
 /// Histogram buckets, in seconds, suggested for [`PRODUCE_LATENCY`] (the binary installs them
 /// with `PrometheusBuilder::set_buckets_for_metric`).
@@ -64,5 +68,14 @@ pub fn describe() {
     describe_gauge!(
         KAFKA_READY,
         "1 while kafka topic metadata can be read, else 0"
+    );
+    describe_gauge!(
+        RATE_LIMIT_FALLBACK,
+        "1 while redis does not answer and this replica enforces its local share of each quota"
+    );
+    describe_counter!(
+        TENANT_RELOADS,
+        Unit::Count,
+        "reloads of the tenant file, by result (reloaded or refused)"
     );
 }

@@ -21,16 +21,17 @@ use schemas::tenant::TenantFile;
 
 const KEY: &str = "weblog-test-key-0001";
 
+/// Keys are stored as their SHA-256: `printf %s weblog-test-key-0001 | sha256sum`, and so on.
 const TENANTS: &str = r#"
     [[tenant]]
     name = "weblog"
-    api_keys = ["weblog-test-key-0001"]
+    api_key_sha256 = ["402498b5b4e3a9a730c3596faf161d7e3bbf666196917f53eb49be7367203548"]
     events_per_second = 100000
     burst_events = 100000
 
     [[tenant]]
     name = "tiny"
-    api_keys = ["tiny-test-key-0001"]
+    api_key_sha256 = ["335da364488604969b4067e122a65e697ebeed7162e69745b6d5606452b937c6"]
     events_per_second = 1
     burst_events = 5
 "#;
@@ -281,7 +282,7 @@ async fn test_unknown_partition_count_gets_503_with_retry_after() {
 async fn test_unreachable_kafka_gets_503_with_retry_after_within_the_deadline() {
     let server = Server::start(|config| {
         config.request_deadline = Duration::from_millis(300);
-        config.message_timeout = Duration::from_millis(5_000);
+        config.message_timeout = Duration::from_millis(250);
     })
     .await;
     // The topic layout is known, but no broker answers on the closed port.
@@ -392,7 +393,7 @@ impl Server {
     async fn start(adjust: impl FnOnce(&mut Config)) -> Server {
         let text = format!(
             "listen = \"127.0.0.1:0\"\nbrokers = \"{}\"\ntopic = \"ingest-http-test\"\n\
-             tenants_file = \"unused.toml\"\nrequest_deadline_ms = 1000\n\
+             tenants_file = \"unused.toml\"\nrequest_deadline_ms = 3000\n\
              message_timeout_ms = 2000\nmetadata_timeout_ms = 200\n",
             closed_port()
         );

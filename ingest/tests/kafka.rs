@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use schemas::tenant::api_key_sha256_hex;
 use schemas::{Record, SCHEMA_VERSION, partition_for};
 
 const PARTITIONS: u32 = 4;
@@ -343,10 +344,13 @@ fn tenants_file(label: &str) -> PathBuf {
         std::process::id()
     ));
     let text = format!(
-        "[[tenant]]\nname = \"weblog\"\napi_keys = [\"{WEBLOG_KEY}\"]\n\
-         [[tenant]]\nname = \"wiki\"\napi_keys = [\"{WIKI_KEY}\"]\n\
-         [[tenant]]\nname = \"tiny\"\napi_keys = [\"tiny-kafka-test-0001\"]\n\
-         events_per_second = 1\nburst_events = 3\n"
+        "[[tenant]]\nname = \"weblog\"\napi_key_sha256 = [\"{}\"]\n\
+         [[tenant]]\nname = \"wiki\"\napi_key_sha256 = [\"{}\"]\n\
+         [[tenant]]\nname = \"tiny\"\napi_key_sha256 = [\"{}\"]\n\
+         events_per_second = 1\nburst_events = 3\n",
+        api_key_sha256_hex(WEBLOG_KEY),
+        api_key_sha256_hex(WIKI_KEY),
+        api_key_sha256_hex("tiny-kafka-test-0001"),
     );
     std::fs::write(&path, text).unwrap();
     path

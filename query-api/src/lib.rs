@@ -11,6 +11,11 @@
 //! is listed in `freshness.nodes_unreachable` with `complete: false`, and when no node answers
 //! the query fails with 503. The library installs no global metrics recorder and no tracing
 //! subscriber: the process that hosts it does.
+//!
+//! [`serve`] reloads the tenant file (the same file and key hashing as ingest,
+//! `schemas::tenant`) on SIGHUP and when it changes, so keys are rotated without a restart; a
+//! refused new version leaves the previous one in force. Reloads are counted in
+//! `query_api_tenant_reloads_total{result}`.
 
 mod config;
 mod error;
@@ -25,33 +30,38 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use metrics::counter;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
-use schemas::tenant::TenantFile;
+use schemas::tenant::{SharedTenants, TenantFile};
 
 pub use config::{Config, ConfigError};
 pub use error::QueryError;
 pub use gather::{Freshness, PartitionFreshness};
 pub use telemetry::{
     PROJECTOR_ERRORS_TOTAL, REQUEST_DURATION_BUCKETS, REQUEST_DURATION_SECONDS, REQUESTS_TOTAL,
-    register_histogram_buckets,
+    TENANT_RELOADS_TOTAL, register_histogram_buckets,
 };
 
 /// How often the metrics handle drains its histogram buffers.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Builds the public router for `config`'s projector nodes and the given tenants.
+/// How often the tenant file is read to see whether it changed.
+const TENANT_FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Builds the public router for `config`'s projector nodes and the given tenants (a
+/// [`TenantFile`], or a [`SharedTenants`] whose later versions the router then follows).
 ///
 /// `metrics` is the handle `/metrics` renders; tests can pass the handle of a recorder they never
 /// install (`PrometheusBuilder::new().build_recorder().handle()`).
 pub fn router(
     config: &Config,
-    tenants: TenantFile,
+    tenants: impl Into<SharedTenants>,
     metrics: PrometheusHandle,
 ) -> Result<Router, ConfigError> {
     let nodes = nodes::ProjectorNodes::new(config.node_urls()?, config.projector_timeout()?)?;
-    Ok(routes::build(tenants, nodes, metrics))
+    Ok(routes::build(tenants.into(), nodes, metrics))
 }
 
 /// Serves the query API on `listener` until `shutdown` completes, then finishes the requests in
@@ -72,8 +82,17 @@ pub async fn serve(
             config.tenants_file.display()
         )
     })?;
-    let app = router(&config, tenants, metrics.clone()).context("invalid query api config")?;
+    let tenants = SharedTenants::new(tenants);
+    let app =
+        router(&config, tenants.clone(), metrics.clone()).context("invalid query api config")?;
     telemetry::describe_metrics();
+    let tenant_watch = schemas::tenant::watch::spawn(
+        config.tenants_file.clone(),
+        tenants,
+        TENANT_FILE_POLL_INTERVAL,
+        |reload| counter!(TENANT_RELOADS_TOTAL, "result" => reload.result()).increment(1),
+    )
+    .context("cannot listen for SIGHUP, which reloads the tenant file")?;
 
     let upkeep = tokio::spawn(async move {
         let mut ticks = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
@@ -95,6 +114,7 @@ pub async fn serve(
         .await
         .context("query api server failed");
     upkeep.abort();
+    tenant_watch.abort();
     tracing::info!("query api stopped");
     served
 }

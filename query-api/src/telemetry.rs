@@ -21,6 +21,8 @@ pub const REQUESTS_TOTAL: &str = "query_api_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "query_api_request_duration_seconds";
 /// Failed calls to projector nodes, by node and reason.
 pub const PROJECTOR_ERRORS_TOTAL: &str = "query_api_projector_errors_total";
+/// Reloads of the tenant file, by result: `reloaded`, or `refused` (the previous version stays).
+pub const TENANT_RELOADS_TOTAL: &str = "query_api_tenant_reloads_total";
 
 /// Upper bounds of the request-duration histogram buckets, in seconds.
 pub const REQUEST_DURATION_BUCKETS: &[f64] = &[
@@ -52,6 +54,11 @@ pub(crate) fn describe_metrics() {
         REQUEST_DURATION_SECONDS,
         Unit::Seconds,
         "time to answer an HTTP request, by route template"
+    );
+    describe_counter!(
+        TENANT_RELOADS_TOTAL,
+        Unit::Count,
+        "reloads of the tenant file, by result (reloaded or refused)"
     );
     describe_counter!(
         PROJECTOR_ERRORS_TOTAL,

@@ -18,18 +18,19 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use readmodel::{Kind, ReadModel, SketchParams};
-use schemas::tenant::TenantFile;
+use schemas::tenant::{TenantFile, api_key_sha256_hex};
 
 use query_api::Config;
 
+/// Keys are stored as their SHA-256: `printf %s acme-key-0001 | sha256sum`, and so on.
 const TENANTS: &str = r#"
     [[tenant]]
     name = "acme"
-    api_keys = ["acme-key-0001"]
+    api_key_sha256 = ["d1616373cb070ca29992c92c1fa716bcda2a13abcd3efd637e85e13243ed7434"]
 
     [[tenant]]
     name = "globex"
-    api_keys = ["globex-key-0001"]
+    api_key_sha256 = ["416544c1b1df577a260191385053619c59034a2f75e9c1bf46c35b45e17e79fd"]
 "#;
 const ACME_KEY: &str = "acme-key-0001";
 const GLOBEX_KEY: &str = "globex-key-0001";
@@ -837,6 +838,86 @@ async fn test_serve_loads_tenants_and_stops_on_shutdown() {
         .await
         .unwrap_err();
     assert!(format!("{err:#}").contains("tenant file"), "{err:#}");
+}
+
+#[tokio::test]
+async fn test_a_rotated_key_reads_its_own_tenant_and_the_old_key_nothing() {
+    let node = FakeNode::new("projector-1", &[0])
+        .with_model("acme", "visitors", &distinct_model(users(0..10)))
+        .with_model("globex", "visitors", &distinct_model(users(0..300)))
+        .start()
+        .await;
+    let tenants_file =
+        std::env::temp_dir().join(format!("query-api-rotation-{}.toml", std::process::id()));
+    std::fs::write(&tenants_file, TENANTS).unwrap();
+    let mut config = config(vec![node], 2_000);
+    config.tenants_file = tenants_file.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(query_api::serve(
+        config,
+        listener,
+        metrics_handle(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let url = format!("http://{address}/v1/projections/visitors/distinct");
+    let (_, acme) = get_json(&url, Some(ACME_KEY)).await;
+    assert_eq!(acme["tenant"], "acme");
+
+    // Rotate acme's key while the query API runs; globex keeps its own.
+    let new_acme_key = "acme-key-0002";
+    let rotated = TENANTS.replace(
+        &api_key_sha256_hex(ACME_KEY),
+        &api_key_sha256_hex(new_acme_key),
+    );
+    assert_ne!(rotated, TENANTS);
+    std::fs::write(&tenants_file, &rotated).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _) = get_json(&url, Some(ACME_KEY)).await;
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "old key still accepted after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, acme) = get_json(&url, Some(new_acme_key)).await;
+    assert_eq!(status, StatusCode::OK, "{acme}");
+    assert_eq!(acme["tenant"], "acme");
+    assert_eq!(acme["events"], 10);
+    let (_, globex) = get_json(&url, Some(GLOBEX_KEY)).await;
+    assert_eq!(globex["tenant"], "globex");
+    assert_eq!(globex["events"], 300);
+
+    // A broken file is refused: the rotated version stays in force.
+    std::fs::write(&tenants_file, "[[tenant]]\nname = \"acme\"\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (status, acme) = get_json(&url, Some(new_acme_key)).await;
+    assert_eq!(status, StatusCode::OK, "{acme}");
+    assert_eq!(acme["tenant"], "acme");
+    let metrics = metrics_handle().render();
+    assert!(
+        metrics.contains("query_api_tenant_reloads_total{result=\"reloaded\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("query_api_tenant_reloads_total{result=\"refused\"}"),
+        "{metrics}"
+    );
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    std::fs::remove_file(&tenants_file).unwrap();
 }
 
 fn config_with_missing_tenants() -> Config {
