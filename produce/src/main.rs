@@ -10,6 +10,7 @@
 mod mapping;
 mod report;
 mod send;
+mod synthetic;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,6 +34,30 @@ enum Command {
     Send(SendArgs),
     /// Print the query API's answers next to exact values computed from the file.
     Report(ReportArgs),
+    /// Produce a synthetic stream of page views straight to the topic, for benchmarks.
+    Synthetic(SyntheticArgs),
+}
+
+#[derive(Args)]
+struct SyntheticArgs {
+    /// Events to produce.
+    #[arg(long)]
+    count: u64,
+    /// Kafka bootstrap servers.
+    #[arg(long)]
+    kafka: String,
+    /// Topic.
+    #[arg(long, default_value = "events")]
+    topic: String,
+    /// Tenant stored in the records.
+    #[arg(long, default_value = "bench")]
+    tenant: String,
+    /// Distinct event keys (users).
+    #[arg(long, default_value_t = 1_000_000)]
+    keys: u64,
+    /// Distinct paths, drawn with a skew (path n about 1/n as often as path 1).
+    #[arg(long, default_value_t = 10_000)]
+    paths: u64,
 }
 
 #[derive(Args)]
@@ -97,7 +122,18 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Send(args) => send(args).await,
         Command::Report(args) => report(args).await,
+        Command::Synthetic(args) => synthetic(args).await,
     }
+}
+
+async fn synthetic(args: SyntheticArgs) -> anyhow::Result<()> {
+    if args.keys == 0 || args.paths == 0 {
+        bail!("--keys and --paths must be at least 1");
+    }
+    let records = synthetic::page_views(&args.tenant, args.count, args.keys, args.paths);
+    let sent = send::records_to_kafka(records, args.count, &args.kafka, &args.topic).await?;
+    println!("{sent}");
+    Ok(())
 }
 
 async fn send(args: SendArgs) -> anyhow::Result<()> {

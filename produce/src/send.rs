@@ -16,7 +16,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::task::JoinSet;
 
-use schemas::{Limits, partition_for, validate_event};
+use schemas::{Limits, Record, partition_for, validate_event};
 
 /// Attempts per batch before giving up.
 const MAX_ATTEMPTS: u32 = 30;
@@ -131,7 +131,18 @@ pub async fn to_kafka(
             Err(problems) => bail!("event {index} is invalid: {problems:?}"),
         }
     }
+    let total = records.len() as u64;
+    records_to_kafka(records.into_iter(), total, brokers, topic).await
+}
 
+/// Produces records straight to `topic` with ingest's partitioning, as they come from
+/// `records` (so a generated stream never has to fit in memory).
+pub async fn records_to_kafka(
+    records: impl Iterator<Item = Record>,
+    total: u64,
+    brokers: &str,
+    topic: &str,
+) -> anyhow::Result<u64> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         // Same durability as ingest: every replica in sync, no duplicates from retries.
@@ -153,7 +164,6 @@ pub async fn to_kafka(
         .filter(|&n| n > 0)
         .with_context(|| format!("topic {topic} does not exist"))?;
 
-    let total = records.len() as u64;
     let sent = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(total, sent.clone());
     let mut deliveries = JoinSet::new();

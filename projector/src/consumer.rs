@@ -40,6 +40,10 @@ use crate::config::Config;
 use crate::fold::{Folded, Folder};
 use crate::store::{PartitionOffset, Store};
 
+/// Bytes of a poison record's value kept in its dead letter; the rest is cut so that the dead
+/// letter always fits the broker's message size limit.
+const DEAD_LETTER_PAYLOAD_BYTES: usize = 64 * 1024;
+
 /// How long one `poll` waits for a record before the loop checks its timers and shutdown.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How often a stalled partition retries its dead-letter write.
@@ -131,6 +135,15 @@ pub fn run(
             }
             Some(Err(e)) => {
                 metrics::counter!("projector_consumer_errors_total").increment(1);
+                // A fatal error (for example this node fenced by another with the same
+                // node_name) means the partitions are no longer ours: stop serving them.
+                if let Some((code, reason)) = consumer.client().fatal_error() {
+                    break Err(anyhow::anyhow!(
+                        "fatal kafka consumer error {code:?}: {reason} (is another node running \
+                         with node_name {:?}? each node needs its own)",
+                        config.node_name
+                    ));
+                }
                 warn!(error = %e, "kafka consumer error");
             }
             None => {}
@@ -382,6 +395,7 @@ impl DeadLetters {
     fn send(&self, origin_topic: &str, poison: &Poison) -> anyhow::Result<()> {
         let partition = poison.partition.to_string();
         let offset = poison.offset.to_string();
+        let size = poison.payload.as_ref().map_or(0, Vec::len).to_string();
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: "dead-letter-reason",
@@ -398,14 +412,21 @@ impl DeadLetters {
             .insert(Header {
                 key: "origin-offset",
                 value: Some(offset.as_bytes()),
+            })
+            .insert(Header {
+                key: "origin-value-bytes",
+                value: Some(size.as_bytes()),
             });
         let mut record: FutureRecord<'_, [u8], [u8]> =
             FutureRecord::to(&self.topic).headers(headers);
         if let Some(key) = &poison.key {
-            record = record.key(key);
+            record = record.key(&key[..key.len().min(DEAD_LETTER_PAYLOAD_BYTES)]);
         }
         if let Some(payload) = &poison.payload {
-            record = record.payload(payload);
+            // The whole record stays in the event topic (origin headers point at it); the dead
+            // letter keeps its head, enough to see what it is.
+            let kept = payload.len().min(DEAD_LETTER_PAYLOAD_BYTES);
+            record = record.payload(&payload[..kept]);
         }
         let delivery = self
             .runtime

@@ -21,9 +21,10 @@ use datasketches::bloom::{BloomFilter, BloomFilterBuilder};
 
 use crate::store::{Store, StoreBatch, StoreError};
 
-/// Ids a partition's Bloom filter is sized for; past it the filter is rebuilt from the store
-/// (which holds only the ids still in the window).
-const BLOOM_CAPACITY: u64 = 1_000_000;
+/// Ids a partition's Bloom filter is sized for at least; a filter is sized for twice the ids
+/// stored when it is built, and rebuilt from the store (which holds only the ids still in the
+/// window) once it holds more than it was sized for.
+const MIN_BLOOM_CAPACITY: u64 = 1_000_000;
 /// False positive rate of the Bloom filter: the share of new ids that cost a store read.
 const BLOOM_FALSE_POSITIVE_RATE: f64 = 0.01;
 /// Expired ids deleted per partition per batch, so one batch never grows without bound.
@@ -41,6 +42,8 @@ struct PartitionIds {
     bloom: BloomFilter,
     /// Ids inserted into `bloom` since it was built.
     inserted: u64,
+    /// Ids `bloom` was sized for.
+    capacity: u64,
     /// Ids folded in the pending batch, not yet in the store.
     pending: HashSet<(String, String)>,
     /// The same ids with their receive times, to write.
@@ -107,7 +110,7 @@ impl Dedup {
         // A filter past its capacity is dropped now and rebuilt from the store, which after
         // this batch holds exactly the ids in the window.
         self.partitions
-            .retain(|_, ids| ids.inserted <= BLOOM_CAPACITY);
+            .retain(|_, ids| ids.inserted <= ids.capacity);
         Ok(())
     }
 
@@ -122,17 +125,18 @@ impl Dedup {
 impl PartitionIds {
     /// Builds the Bloom filter of a partition from its stored ids.
     fn load(store: &Store, partition: i32) -> Result<PartitionIds, StoreError> {
-        let mut bloom =
-            BloomFilterBuilder::with_accuracy(BLOOM_CAPACITY, BLOOM_FALSE_POSITIVE_RATE)
-                .build()
-                .expect("constant Bloom parameters are valid");
         let stored = store.ids(partition)?;
+        let capacity = MIN_BLOOM_CAPACITY.max(2 * stored.len() as u64);
+        let mut bloom = BloomFilterBuilder::with_accuracy(capacity, BLOOM_FALSE_POSITIVE_RATE)
+            .build()
+            .expect("Bloom parameters are valid");
         for (tenant, id) in &stored {
             bloom.insert((tenant.as_str(), id.as_str()));
         }
         Ok(PartitionIds {
             bloom,
             inserted: stored.len() as u64,
+            capacity,
             pending: HashSet::new(),
             staged: Vec::new(),
             newest_received_ms: i64::MIN,

@@ -121,45 +121,25 @@ pub async fn serve(
     consumed
 }
 
-/// Opens the node's store. A store that exists but cannot be opened (damaged files) is moved
-/// aside and replaced by an empty one, which then rebuilds from the log; a store locked by
-/// another process is an error, since two processes must never share one.
+/// Opens the node's store. A store whose files are damaged is moved aside and replaced by an
+/// empty one, which then rebuilds from the log. Any other failure (a lock held by another
+/// process, a path that is not a directory, a permission or disk error) stops the node with the
+/// error: rebuilding would not help and could hide the cause.
 fn open_or_rebuild(config: &Config) -> anyhow::Result<Store> {
     match Store::open(&config.store_path, config.store_cache_bytes) {
-        Ok(store) => Ok(store),
-        Err(StoreError::Open { source, .. })
-            if !is_lock_error(&source) && config.store_path.exists() =>
-        {
-            let aside = config.store_path.with_file_name(format!(
-                "{}.damaged-{}",
-                config
-                    .store_path
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy(),
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or_default()
-            ));
+        Err(StoreError::Damaged { reason, .. }) => {
+            let aside = store::move_aside(&config.store_path)?;
             error!(
                 store = %config.store_path.display(),
                 moved_to = %aside.display(),
-                error = %source,
-                "read-model store cannot be opened; moving it aside and rebuilding from the log"
+                error = %reason,
+                "read-model store is damaged; moved aside, rebuilding from the log"
             );
             metrics::counter!("projector_store_rebuilds_total").increment(1);
-            std::fs::rename(&config.store_path, &aside)
-                .with_context(|| format!("cannot move {} aside", config.store_path.display()))?;
             Ok(Store::open(&config.store_path, config.store_cache_bytes)?)
         }
-        Err(e) => Err(e.into()),
+        opened => Ok(opened?),
     }
-}
-
-fn is_lock_error(error: &sled::Error) -> bool {
-    matches!(error, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock)
-        || error.to_string().contains("lock")
 }
 
 async fn wait_for(flag: Arc<AtomicBool>) {

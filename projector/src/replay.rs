@@ -23,11 +23,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use readmodel::ProjectionFile;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::fold::{Folded, Folder};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Give up when no record arrives for this long while partitions are still short of their
 /// target.
@@ -79,8 +79,17 @@ pub fn replay(config: &Config) -> anyhow::Result<ReplaySummary> {
         },
     )?);
 
-    // Holding the live store proves no node is using it, and keeps one from starting.
-    let live = Store::open(&config.store_path, config.store_cache_bytes)?;
+    // Holding the live store proves no node is using it, and keeps one from starting. A damaged
+    // one is moved aside: the rebuild replaces it anyway.
+    let live = match Store::open(&config.store_path, config.store_cache_bytes) {
+        Ok(store) => Some(store),
+        Err(StoreError::Damaged { reason, .. }) => {
+            let aside = crate::store::move_aside(&config.store_path)?;
+            warn!(moved_to = %aside.display(), error = %reason, "live store is damaged; moved aside");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
     let fresh_path = sibling(&config.store_path, "replay");
     if fresh_path.exists() {
         std::fs::remove_dir_all(&fresh_path)

@@ -58,6 +58,8 @@ pub enum StoreError {
          each node needs its own store_path)"
     )]
     Open { path: String, source: sled::Error },
+    #[error("the read-model store at {path} is damaged ({reason}); it can be rebuilt from the log")]
+    Damaged { path: String, reason: String },
     #[error("read-model store i/o failed: {0}")]
     Sled(#[from] sled::Error),
     #[error("stored bytes under {key} are unreadable: {reason}; rebuild with `projector replay`")]
@@ -89,17 +91,39 @@ const LOST_PREFIX: u8 = b'l';
 
 impl Store {
     /// Opens (or creates) the store at `path` with a page cache of `cache_bytes`.
+    ///
+    /// A store whose files are damaged is reported as [`StoreError::Damaged`], including when
+    /// sled panics while reading them, so the caller can rebuild it from the log.
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_bytes)
-            .open()
-            .map_err(|source| StoreError::Open {
+        let damaged = |reason: String| StoreError::Damaged {
+            path: path.display().to_string(),
+            reason,
+        };
+        let opened = std::panic::catch_unwind(|| {
+            let db = sled::Config::new()
+                .path(path)
+                .cache_capacity(cache_bytes)
+                .open()?;
+            let state = db.open_tree("state")?;
+            Ok::<_, sled::Error>((db, state))
+        });
+        match opened {
+            Ok(Ok((db, state))) => Ok(Store { db, state }),
+            Ok(Err(source @ (sled::Error::Corruption { .. } | sled::Error::ReportableBug(_)))) => {
+                Err(damaged(source.to_string()))
+            }
+            Ok(Err(source)) => Err(StoreError::Open {
                 path: path.display().to_string(),
                 source,
-            })?;
-        let state = db.open_tree("state")?;
-        Ok(Store { db, state })
+            }),
+            Err(panic) => Err(damaged(
+                panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "sled panicked while reading it".into()),
+            )),
+        }
     }
 
     /// Records the definition of every projection on first use and refuses to serve state that
@@ -360,6 +384,20 @@ impl StoreBatch {
         self.batch.insert(key, &to.to_le_bytes()[..]);
         self.empty = false;
     }
+}
+
+/// Renames a damaged store directory to `<name>.damaged-<unix seconds>` beside it, and returns
+/// the new path.
+pub fn move_aside(path: &Path) -> std::io::Result<std::path::PathBuf> {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".damaged-{seconds}"));
+    let aside = path.with_file_name(name);
+    std::fs::rename(path, &aside)?;
+    Ok(aside)
 }
 
 /// One raw key and value of the store.

@@ -30,7 +30,8 @@ pub(crate) enum QueryKind {
 /// How current an answer is, partition by partition.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Freshness {
-    /// True when every configured node answered, so every assigned partition is included.
+    /// True when every configured node answered, every partition of the topic is served, and
+    /// none is stalled: the answer covers the whole log up to the reported offsets.
     pub complete: bool,
     /// The partitions the answering nodes hold, sorted by partition.
     pub partitions: Vec<PartitionFreshness>,
@@ -330,7 +331,9 @@ fn freshness(
         .filter(|id| !partitions.iter().any(|p| p.partition == *id))
         .collect();
     Freshness {
-        complete: unreachable.is_empty() && missing_partitions.is_empty(),
+        complete: unreachable.is_empty()
+            && missing_partitions.is_empty()
+            && partitions.iter().all(|p| p.stalled.is_none()),
         missing_partitions,
         lost_records,
         partitions,

@@ -67,6 +67,9 @@ impl RecordError {
     }
 }
 
+/// Latest time a record may carry: 9999-12-31T23:59:59.999Z, in epoch milliseconds.
+pub const MAX_RECORD_TIME_MS: i64 = 253_402_300_799_999;
+
 impl Record {
     /// The record value: compact JSON.
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -74,7 +77,8 @@ impl Record {
         serde_json::to_vec(self).expect("a record always serializes to JSON")
     }
 
-    /// Decodes a record value, checking the version and that tenant, key and type are non-empty.
+    /// Decodes a record value, checking the version, that tenant, key and type are non-empty,
+    /// and that its times lie between 1970 and the end of year 9999.
     pub fn from_bytes(bytes: &[u8]) -> Result<Record, RecordError> {
         let record: Record = match serde_json::from_slice(bytes) {
             Ok(record) => record,
@@ -93,6 +97,19 @@ impl Record {
             if value.is_empty() {
                 return Err(RecordError::Invalid {
                     reason: format!("`{name}` is empty"),
+                });
+            }
+        }
+        for (name, value) in [
+            ("time_ms", record.time_ms),
+            ("received_ms", record.received_ms),
+        ] {
+            if !(0..=MAX_RECORD_TIME_MS).contains(&value) {
+                return Err(RecordError::Invalid {
+                    reason: format!(
+                        "`{name}` is {value}: it must be epoch milliseconds between 0 and \
+                         {MAX_RECORD_TIME_MS} (year 9999)"
+                    ),
                 });
             }
         }
@@ -190,6 +207,25 @@ mod tests {
 
     fn path(text: &str) -> FieldPath {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn test_record_with_time_out_of_range_is_refused() {
+        for time_ms in [-1, MAX_RECORD_TIME_MS + 1, i64::MAX] {
+            let record = Record {
+                time_ms,
+                ..sample()
+            };
+            let err = Record::from_bytes(&record.to_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("time_ms"), "{err}");
+        }
+        let edge = Record {
+            time_ms: MAX_RECORD_TIME_MS,
+            ..sample()
+        };
+        assert!(Record::from_bytes(&edge.to_bytes()).is_ok());
     }
 
     #[test]

@@ -45,8 +45,8 @@ fn record() -> impl Strategy<Value = Record> {
         prop::option::of(".{1,20}"),
         "[A-Za-z0-9_.:-]{1,64}",
         ".{1,40}",
-        any::<i64>(),
-        any::<i64>(),
+        0..=schemas::record::MAX_RECORD_TIME_MS,
+        0..=schemas::record::MAX_RECORD_TIME_MS,
         properties(),
     )
         .prop_map(
