@@ -17,9 +17,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 
 use readmodel::{
-    CountEstimate, DistinctEstimate, Kind, MembershipAnswer, ReadModel, SketchParams, TopItem,
+    CountEstimate, DistinctEstimate, Kind, MembershipAnswer, ReadModel, SketchParams, TopList,
 };
-use schemas::tenant::TenantFile;
+use schemas::tenant::SharedTenants;
 
 use crate::error::QueryError;
 use crate::gather::{self, Freshness, Gathered, QueryKind};
@@ -34,7 +34,7 @@ pub(crate) struct AppState {
 }
 
 struct Shared {
-    tenants: TenantFile,
+    tenants: SharedTenants,
     nodes: ProjectorNodes,
     metrics: PrometheusHandle,
 }
@@ -84,7 +84,9 @@ struct TopAnswer {
     #[serde(flatten)]
     window: Window,
     k: u32,
-    items: Vec<TopItem>,
+    /// `items` and `maximum_error`.
+    #[serde(flatten)]
+    top: TopList,
     freshness: Freshness,
 }
 
@@ -114,6 +116,7 @@ struct Membership {
     maybe_present: bool,
     configured_false_positive_rate: Option<f64>,
     estimated_false_positive_rate: f64,
+    over_capacity: bool,
 }
 
 #[derive(Serialize)]
@@ -123,7 +126,7 @@ struct Health {
 
 /// Builds the public router over the given projector nodes and tenants.
 pub(crate) fn build(
-    tenants: TenantFile,
+    tenants: SharedTenants,
     nodes: ProjectorNodes,
     metrics: PrometheusHandle,
 ) -> Router {
@@ -192,13 +195,13 @@ async fn top(
     let k = params.top_k()?;
     let gathered = gather(&state, &name, &tenant, range, QueryKind::Top).await?;
     let (model, freshness) = answerable(gathered);
-    let items = model
+    let top = model
         .top(k as usize)
         .ok_or_else(|| kind_mismatch(&name, &model))?;
     Ok(Json(TopAnswer {
         window: window(name, tenant, range, &model),
         k,
-        items,
+        top,
         freshness,
     }))
 }
@@ -244,6 +247,7 @@ async fn contains(
                 maybe_present: answer.maybe_present,
                 configured_false_positive_rate: Some(answer.configured_false_positive_rate),
                 estimated_false_positive_rate: answer.estimated_false_positive_rate,
+                over_capacity: answer.over_capacity,
             }
         }
         // No filter holds anything in the window: absent is certain.
@@ -252,6 +256,7 @@ async fn contains(
             maybe_present: false,
             configured_false_positive_rate: None,
             estimated_false_positive_rate: 0.0,
+            over_capacity: false,
         },
     };
     let events = gathered.read_model.as_ref().map_or(0, ReadModel::events);

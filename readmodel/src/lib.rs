@@ -3,22 +3,28 @@
 //!
 //! A [`Projection`] reads one field of matching records and folds its value into a
 //! [`ReadModel`] per time bucket. A read model is one mergeable sketch (HyperLogLog for distinct
-//! counts, count-min plus frequent items for top-k and frequencies, a Bloom filter for
-//! membership) plus the exact number of values folded into it.
+//! counts; frequent items plus a conservative-update count-min sketch for top-k and
+//! frequencies; a scalable Bloom filter for membership) plus the exact number of values folded
+//! into it. Every answer carries its bounds and says what they mean.
 //!
-//! Guarantee: read models built from the same projection parameters merge into the read model of
-//! the combined stream, merges between different kinds or parameters fail instead of mixing, and
-//! the stored bytes round-trip exactly and are rejected with a reason when they are not a valid
-//! read model of this format.
+//! Guarantee: read models built from the same projection parameters merge into a read model of
+//! the combined stream whose bounds still hold (distinct counts of different `lg_k` merge down
+//! to the smaller); merges between different kinds or other parameters fail instead of mixing;
+//! no counter overflows silently; and the stored bytes round-trip exactly and are rejected with
+//! a reason when they are not a valid read model of this format.
 
 mod canonical;
+mod count_min;
+mod distinct;
+mod membership;
 pub mod projection;
 pub mod read_model;
+mod top;
 
 pub use projection::{
     Kind, ParamsError, Projection, ProjectionError, ProjectionFile, SketchParams,
 };
 pub use read_model::{
     CountEstimate, DistinctEstimate, FORMAT_VERSION, MAGIC, MembershipAnswer, ReadModel,
-    ReadModelError, TopItem,
+    ReadModelError, TopItem, TopList,
 };
