@@ -64,4 +64,4 @@ fi
 
 python3 -c 'import datasketches' 2>/dev/null || pip install --quiet datasketches==5.2.0
 echo "test: cargo test against the broker at 127.0.0.1:$KAFKA_PORT and $REDIS_URL" >&2
-KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT cargo test --workspace -- --test-threads 2 2>&1 | tee "$results"
+KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT cargo test --workspace --no-fail-fast -- --test-threads 2 2>&1 | tee "$results"

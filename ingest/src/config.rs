@@ -318,12 +318,20 @@ mod tests {
     #[test]
     fn test_config_reads_limits_and_units() {
         let text = format!(
-            "{MINIMAL}\nlinger_ms = 20\nrequest_deadline_ms = 750\n[limits]\nmax_events_per_request = 7\n"
+            "{MINIMAL}\nlinger_ms = 20\nrequest_deadline_ms = 750\nmessage_timeout_ms = 500\n\
+             [limits]\nmax_events_per_request = 7\n"
         );
         let config = Config::from_toml(&text).unwrap();
         assert_eq!(config.linger, Duration::from_millis(20));
         assert_eq!(config.request_deadline, Duration::from_millis(750));
         assert_eq!(config.limits.max_events_per_request, 7);
+    }
+
+    #[test]
+    fn test_config_refuses_a_message_timeout_past_the_request_deadline() {
+        let text = format!("{MINIMAL}\nrequest_deadline_ms = 3000\nmessage_timeout_ms = 3000\n");
+        let err = Config::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("message_timeout_ms"), "{err}");
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct Folder {
     lost: Vec<(i32, i64, i64)>,
     /// Records folded since the last write.
     pending_records: usize,
+    /// Membership filters already reported past their capacity.
+    over_capacity: HashSet<ModelKey>,
     /// When the first record of the pending batch was folded.
     pending_since: Option<Instant>,
 }
@@ -72,6 +74,7 @@ impl Folder {
             positions: BTreeMap::new(),
             lost: Vec::new(),
             pending_records: 0,
+            over_capacity: HashSet::new(),
             pending_since: None,
         }
     }
@@ -166,7 +169,21 @@ impl Folder {
         }
         let mut batch = StoreBatch::default();
         for key in &self.dirty {
-            batch.put_model(key, &self.models[key]);
+            let model = &self.models[key];
+            batch.put_model(key, model);
+            if model.over_capacity() && self.over_capacity.insert(key.clone()) {
+                // Said once per filter: past its design capacity a Bloom filter grows a stage
+                // and its false positive rate rises toward its bound.
+                metrics::counter!("projector_membership_over_capacity_total", "projection" => key.projection.clone())
+                    .increment(1);
+                tracing::warn!(
+                    projection = %key.projection,
+                    tenant = %key.tenant,
+                    partition = key.partition,
+                    bucket_start = key.bucket_start,
+                    "membership filter is past its expected_items; raise expected_items for this projection"
+                );
+            }
         }
         for (&partition, &position) in &self.positions {
             batch.put_offset(partition, position);
