@@ -13,6 +13,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -93,6 +94,34 @@ async fn create_topic(name: &str, partitions: i32) {
         .expect("create topic");
     for result in results {
         result.expect("topic created");
+    }
+    wait_for_topic(name, partitions);
+}
+
+/// Waits until the broker's metadata shows `name` with every partition led: creation returns
+/// before that, and a service started in between would not find the topic.
+fn wait_for_topic(name: &str, partitions: i32) {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("metadata client");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = client
+            .fetch_metadata(Some(name), Duration::from_secs(5))
+            .is_ok_and(|metadata| {
+                metadata.topics().iter().any(|t| {
+                    t.name() == name
+                        && t.error().is_none()
+                        && t.partitions().len() == partitions as usize
+                        && t.partitions().iter().all(|p| p.leader() >= 0)
+                })
+            });
+        if ready {
+            return;
+        }
+        assert!(Instant::now() < deadline, "topic {name} never became ready");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -70,8 +70,8 @@ pub enum MetadataError {
     },
     #[error(
         "topic {topic:?} does not exist on kafka at {brokers}: create it first, e.g. \
-         `deploy/kafka.sh create-topic {topic} 6` or `kafka-topics.sh --bootstrap-server \
-         {brokers} --create --topic {topic} --partitions 6`"
+         `deploy/kafka.sh create-topic {topic} 4` or `kafka-topics.sh --bootstrap-server \
+         {brokers} --create --topic {topic} --partitions 4`"
     )]
     TopicMissing { topic: String, brokers: String },
     #[error("kafka reported an error for topic {topic:?}: {code}")]

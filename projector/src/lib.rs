@@ -64,6 +64,9 @@ pub async fn serve(
         .context("metadata task panicked")??;
     }
     let stop = Arc::new(AtomicBool::new(false));
+    // If this future is dropped before it finishes (its caller gave up or panicked), the
+    // consumer and watermark threads must still stop: they run outside the async runtime.
+    let _stop_on_drop = StopOnDrop(stop.clone());
 
     // The consumer and the watermark reader block on librdkafka; each gets its own thread.
     let consumer = {
@@ -139,6 +142,15 @@ fn open_or_rebuild(config: &Config) -> anyhow::Result<Store> {
             Ok(Store::open(&config.store_path, config.store_cache_bytes)?)
         }
         opened => Ok(opened?),
+    }
+}
+
+/// Sets the stop flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 

@@ -133,6 +133,31 @@ async fn create_topics(topic: &str) {
     for result in admin.create_topics(&topics, &options).await.unwrap() {
         result.expect("topic created");
     }
+    // Creation returns before every partition has a leader; wait for it.
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (name, partitions) in [(topic, PARTITIONS), (dead_letters.as_str(), 1)] {
+        loop {
+            let ready = client
+                .fetch_metadata(Some(name), Duration::from_secs(5))
+                .is_ok_and(|metadata| {
+                    metadata.topics().iter().any(|t| {
+                        t.name() == name
+                            && t.error().is_none()
+                            && t.partitions().len() == partitions as usize
+                            && t.partitions().iter().all(|p| p.leader() >= 0)
+                    })
+                });
+            if ready {
+                break;
+            }
+            assert!(Instant::now() < deadline, "topic {name} never became ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 /// Sends the stream in waves until the projector has been killed for the last time (and for at
