@@ -42,6 +42,10 @@ struct Shared {
 /// The tenant of the caller's bearer key.
 struct CallerTenant(String);
 
+/// The `{name}` segment of a projection route; a segment that is not valid UTF-8 after
+/// percent-decoding gets the JSON error every other bad parameter gets.
+struct ProjectionName(String);
+
 /// Parameters each endpoint accepts.
 const WINDOW_PARAMS: &[&str] = &["from", "to"];
 const TOP_PARAMS: &[&str] = &["k", "from", "to"];
@@ -167,7 +171,7 @@ async fn projections(
 async fn distinct(
     State(state): State<AppState>,
     CallerTenant(tenant): CallerTenant,
-    Path(name): Path<String>,
+    ProjectionName(name): ProjectionName,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<DistinctAnswer>, QueryError> {
     let params = Params::new(query_pairs(query)?, WINDOW_PARAMS)?;
@@ -187,7 +191,7 @@ async fn distinct(
 async fn top(
     State(state): State<AppState>,
     CallerTenant(tenant): CallerTenant,
-    Path(name): Path<String>,
+    ProjectionName(name): ProjectionName,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<TopAnswer>, QueryError> {
     let params = Params::new(query_pairs(query)?, TOP_PARAMS)?;
@@ -209,7 +213,7 @@ async fn top(
 async fn count(
     State(state): State<AppState>,
     CallerTenant(tenant): CallerTenant,
-    Path(name): Path<String>,
+    ProjectionName(name): ProjectionName,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<CountAnswer>, QueryError> {
     let params = Params::new(query_pairs(query)?, ITEM_PARAMS)?;
@@ -230,7 +234,7 @@ async fn count(
 async fn contains(
     State(state): State<AppState>,
     CallerTenant(tenant): CallerTenant,
-    Path(name): Path<String>,
+    ProjectionName(name): ProjectionName,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<ContainsAnswer>, QueryError> {
     let params = Params::new(query_pairs(query)?, ITEM_PARAMS)?;
@@ -291,6 +295,23 @@ async fn not_found(uri: Uri) -> QueryError {
 
 async fn method_not_allowed(method: Method) -> QueryError {
     QueryError::MethodNotAllowed(method.to_string())
+}
+
+impl FromRequestParts<AppState> for ProjectionName {
+    type Rejection = QueryError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, QueryError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(name)) => Ok(ProjectionName(name)),
+            Err(rejection) => Err(QueryError::InvalidParameter {
+                name: "projection",
+                reason: format!(
+                    "{}; projection names are 1 to 64 characters of a-z, 0-9, '_' or '-'",
+                    rejection.body_text()
+                ),
+            }),
+        }
+    }
 }
 
 impl FromRequestParts<AppState> for CallerTenant {

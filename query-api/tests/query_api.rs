@@ -568,6 +568,15 @@ async fn test_query_of_the_wrong_kind_says_what_the_projection_supports() {
 }
 
 #[tokio::test]
+async fn test_projection_name_that_is_not_utf8_is_a_json_400() {
+    let api = start_query_api(vec![FakeNode::new("projector-1", &[0]).start().await]).await;
+    let url = format!("{api}/v1/projections/%FF%FE/distinct");
+    let (status, body) = get_json(&url, Some(ACME_KEY)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(error_code(&body), "invalid_parameter", "{body}");
+}
+
+#[tokio::test]
 async fn test_unknown_projection_and_route_are_404() {
     let api = start_query_api(vec![FakeNode::new("projector-1", &[0]).start().await]).await;
 
