@@ -53,6 +53,9 @@ pub struct Config {
     /// How long a request waits for Kafka to acknowledge all of its records before it is
     /// answered 503.
     pub request_deadline: Duration,
+    /// How long a client may take to send a request body; a slower one is answered 408 and its
+    /// connection freed.
+    pub body_read_timeout: Duration,
     /// How long the producer keeps retrying one record before it gives up on it
     /// (`message.timeout.ms`).
     pub message_timeout: Duration,
@@ -101,6 +104,8 @@ struct ConfigFile {
     max_body_bytes: u64,
     #[serde(default = "default_request_deadline_ms")]
     request_deadline_ms: u64,
+    #[serde(default = "default_body_read_timeout_ms")]
+    body_read_timeout_ms: u64,
     #[serde(default = "default_message_timeout_ms")]
     message_timeout_ms: u64,
     #[serde(default = "default_queue_max_messages")]
@@ -127,6 +132,10 @@ const fn default_max_body_bytes() -> u64 {
 
 const fn default_request_deadline_ms() -> u64 {
     5_000
+}
+
+const fn default_body_read_timeout_ms() -> u64 {
+    10_000
 }
 
 const fn default_message_timeout_ms() -> u64 {
@@ -197,6 +206,7 @@ impl Config {
             tenants_file: file.tenants_file,
             max_body_bytes,
             request_deadline: Duration::from_millis(file.request_deadline_ms),
+            body_read_timeout: Duration::from_millis(file.body_read_timeout_ms),
             message_timeout: Duration::from_millis(file.message_timeout_ms),
             queue_max_messages: file.queue_max_messages,
             linger: Duration::from_millis(file.linger_ms),
@@ -257,6 +267,7 @@ impl Config {
         }
         let positive = [
             ("request_deadline_ms", self.request_deadline),
+            ("body_read_timeout_ms", self.body_read_timeout),
             ("message_timeout_ms", self.message_timeout),
             ("metadata_refresh_ms", self.metadata_refresh),
             ("metadata_timeout_ms", self.metadata_timeout),

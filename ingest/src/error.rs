@@ -37,6 +37,11 @@ pub enum ApiError {
     BodyTooLarge { limit_bytes: usize },
     #[error("request body could not be read: {0}")]
     BodyUnreadable(String),
+    #[error(
+        "the request body did not arrive within {} ms: send the whole body at once",
+        limit.as_millis()
+    )]
+    BodyTimeout { limit: std::time::Duration },
     #[error("body is not valid gzip: {0}; send it plain or with a complete gzip stream")]
     InvalidGzip(String),
     #[error(
@@ -106,6 +111,7 @@ impl ApiError {
             | ApiError::InvalidGzip(_)
             | ApiError::InvalidEvents { .. } => StatusCode::BAD_REQUEST,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::NoMetadata
             | ApiError::QueueFull
             | ApiError::KafkaTimeout { .. }
@@ -122,6 +128,7 @@ impl ApiError {
             ApiError::UnsupportedEncoding { .. } => "unsupported_content_encoding",
             ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::BodyUnreadable(_) => "body_unreadable",
+            ApiError::BodyTimeout { .. } => "body_timeout",
             ApiError::InvalidGzip(_) => "invalid_gzip",
             ApiError::InvalidEvents { .. } => "invalid_events",
             ApiError::RateLimited { .. } => "rate_limited",

@@ -49,6 +49,7 @@ struct Shared {
     metrics: PrometheusHandle,
     max_body_bytes: usize,
     request_deadline: Duration,
+    body_read_timeout: Duration,
     event_limits: Arc<Limits>,
 }
 
@@ -83,6 +84,7 @@ impl AppState {
                 metrics,
                 max_body_bytes: config.max_body_bytes,
                 request_deadline: config.request_deadline,
+                body_read_timeout: config.body_read_timeout,
                 event_limits: Arc::new(config.limits.clone()),
             }),
         })
@@ -170,8 +172,12 @@ async fn accept_events(
             limit_bytes: max_body_bytes,
         });
     }
-    let body = Bytes::from_request(request, &())
+    // A client that trickles its body would hold a connection and a task without bound.
+    let body = tokio::time::timeout(shared.body_read_timeout, Bytes::from_request(request, &()))
         .await
+        .map_err(|_| ApiError::BodyTimeout {
+            limit: shared.body_read_timeout,
+        })?
         .map_err(|rejection| body_rejection(rejection, max_body_bytes))?;
     if body.len() > max_body_bytes {
         return Err(ApiError::BodyTooLarge {

@@ -302,6 +302,45 @@ async fn test_unreachable_kafka_gets_503_with_retry_after_within_the_deadline() 
 }
 
 #[tokio::test]
+async fn test_body_sent_too_slowly_gets_408() {
+    let server = Server::start(|config| {
+        config.body_read_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let address = server.address;
+    // Announce 100 bytes, send one, then stall.
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        write!(
+            stream,
+            "POST /v1/events HTTP/1.1\r\nhost: test\r\nauthorization: Bearer {KEY}\r\n\
+             content-type: application/json\r\ncontent-length: 100\r\n\r\n["
+        )
+        .unwrap();
+        let mut answer = Vec::new();
+        let mut buffer = [0u8; 4096];
+        // The answer arrives while the client still owes 99 bytes; read until its body is in.
+        while !String::from_utf8_lossy(&answer).contains('}') {
+            let read = stream
+                .read(&mut buffer)
+                .expect("answered before the read timeout");
+            if read == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buffer[..read]);
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"body_timeout\""), "{answer}");
+}
+
+#[tokio::test]
 async fn test_full_producer_queue_gets_503_at_once() {
     let server = Server::start(|config| {
         config.queue_max_messages = 2;
