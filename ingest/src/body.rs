@@ -8,7 +8,7 @@
 use std::io::Read;
 
 use axum::http::{HeaderMap, header};
-use flate2::read::MultiGzDecoder;
+use flate2::bufread::GzDecoder;
 
 use schemas::BodyFormat;
 
@@ -55,19 +55,27 @@ pub fn body_encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
     }
 }
 
-/// Decodes a gzip body (one or more concatenated members), refusing it as soon as it would
-/// decode to more than `limit` bytes.
+/// Decodes a gzip body of one gzip member, refusing it as soon as it would decode to more than
+/// `limit` bytes. Several concatenated members are refused: each costs a fresh decoder, so a
+/// body of many tiny members would cost seconds of CPU for nothing.
 pub fn gunzip_bounded(compressed: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> {
     let bound = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
     // Start small: the compressed size says little about the decoded size, and the bound is
     // what protects memory, not the initial capacity.
     let mut decoded = Vec::with_capacity(compressed.len().saturating_mul(4).min(limit));
-    MultiGzDecoder::new(compressed)
+    let mut decoder = GzDecoder::new(compressed);
+    (&mut decoder)
         .take(bound)
         .read_to_end(&mut decoded)
         .map_err(|error| ApiError::InvalidGzip(error.to_string()))?;
     if decoded.len() > limit {
         return Err(ApiError::BodyTooLarge { limit_bytes: limit });
+    }
+    if !decoder.into_inner().is_empty() {
+        return Err(ApiError::InvalidGzip(
+            "bytes follow the end of the gzip stream (several gzip members are not accepted)"
+                .into(),
+        ));
     }
     Ok(decoded)
 }
@@ -86,6 +94,14 @@ mod tests {
         let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
         encoder.write_all(bytes).unwrap();
         encoder.finish().unwrap()
+    }
+
+    #[test]
+    fn test_gunzip_bounded_refuses_concatenated_members() {
+        let mut body = gzip(b"[");
+        body.extend(gzip(b"]"));
+        let err = gunzip_bounded(&body, 1 << 20).unwrap_err();
+        assert!(matches!(err, ApiError::InvalidGzip(ref reason) if reason.contains("members")));
     }
 
     #[test]
