@@ -23,6 +23,15 @@ done
 
 say() { printf 'demo: %s\n' "$*" >&2; }
 
+if ! command -v curl >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq curl >/dev/null
+  else
+    echo "demo: curl is missing: install it" >&2
+    exit 1
+  fi
+fi
+
 say "building the release binaries"
 cargo build --release --quiet -p ingest -p projector -p query-api -p produce
 

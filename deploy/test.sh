@@ -43,6 +43,10 @@ KAFKA_FRESH=1 deploy/kafka.sh start
 if redis-cli -p "$redis_port" ping >/dev/null 2>&1; then
   echo "test: using the redis server already answering on 127.0.0.1:$redis_port" >&2
 else
+  if ! command -v redis-server >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "test: installing Debian's redis-server" >&2
+    apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+  fi
   command -v redis-server >/dev/null || {
     echo "test: redis-server is missing: install it (apt-get install redis-server)" >&2
     exit 1
