@@ -29,6 +29,9 @@ use crate::config::Config;
 use crate::fold::{Folded, Folder};
 use crate::store::{Store, StoreError};
 
+/// Records per batch during a replay, at least.
+const REPLAY_BATCH_RECORDS: usize = 50_000;
+
 /// Give up when no record arrives for this long while partitions are still short of their
 /// target.
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -137,6 +140,9 @@ pub fn replay(config: &Config) -> anyhow::Result<ReplaySummary> {
     consumer.assign(&assignment)?;
     info!(partitions, to_read = ?remaining, "replay started");
 
+    // Nobody reads the fresh store until the swap, so batches can be large: each write then
+    // carries every touched sketch once for many more records.
+    let replay_batch = config.batch_max_records.max(REPLAY_BATCH_RECORDS);
     let mut folder = Folder::new(
         projections,
         fresh.clone(),
@@ -164,7 +170,7 @@ pub fn replay(config: &Config) -> anyhow::Result<ReplaySummary> {
                 {
                     remaining.remove(&partition);
                 }
-                if folder.pending_records() >= config.batch_max_records {
+                if folder.pending_records() >= replay_batch {
                     folder.write()?;
                 }
             }
