@@ -10,25 +10,16 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use testkit::{bootstrap, create_topic};
+
 const PARTITIONS: i32 = 3;
 const TENANT_A_KEY: &str = "tenant-a-key-0001";
 const TENANT_B_KEY: &str = "tenant-b-key-0001";
-
-fn bootstrap() -> String {
-    std::env::var("KAFKA_BOOTSTRAP").expect(
-        "KAFKA_BOOTSTRAP is not set: these tests need a real broker; run deploy/test.sh, or start \
-         one with deploy/kafka.sh start and set KAFKA_BOOTSTRAP=127.0.0.1:9092",
-    )
-}
 
 /// A service running in this process, stopped by sending on `stop`.
 struct Running {
@@ -77,51 +68,6 @@ where
     Running {
         stop,
         task: tokio::spawn(run(stopped)),
-    }
-}
-
-async fn create_topic(name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .expect("admin client");
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .expect("create topic");
-    for result in results {
-        result.expect("topic created");
-    }
-    wait_for_topic(name, partitions);
-}
-
-/// Waits until the broker's metadata shows `name` with every partition led: creation returns
-/// before that, and a service started in between would not find the topic.
-fn wait_for_topic(name: &str, partitions: i32) {
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .expect("metadata client");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = client
-            .fetch_metadata(Some(name), Duration::from_secs(5))
-            .is_ok_and(|metadata| {
-                metadata.topics().iter().any(|t| {
-                    t.name() == name
-                        && t.error().is_none()
-                        && t.partitions().len() == partitions as usize
-                        && t.partitions().iter().all(|p| p.leader() >= 0)
-                })
-            });
-        if ready {
-            return;
-        }
-        assert!(Instant::now() < deadline, "topic {name} never became ready");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -14,8 +14,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use metrics_exporter_prometheus::PrometheusBuilder;
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -23,17 +21,11 @@ use serde_json::{Value, json};
 
 use schemas::Record;
 use schemas::tenant::api_key_sha256_hex;
+use testkit::{bootstrap, create_topic};
 
 const PARTITIONS: i32 = 4;
 const API_KEY: &str = "restart-test-key-0001";
 const CLIENTS: usize = 3;
-
-fn bootstrap() -> String {
-    std::env::var("KAFKA_BOOTSTRAP").expect(
-        "KAFKA_BOOTSTRAP is not set: this test needs a real broker started by deploy/kafka.sh; \
-         run deploy/test.sh",
-    )
-}
 
 /// Runs `deploy/kafka.sh <command>` for the broker at `KAFKA_BOOTSTRAP`.
 fn kafka_script(command: &str) {
@@ -50,42 +42,6 @@ fn kafka_script(command: &str) {
         .status()
         .expect("run deploy/kafka.sh");
     assert!(status.success(), "deploy/kafka.sh {command} failed");
-}
-
-async fn create_topic(topic: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .unwrap();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let new_topic = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1));
-    for result in admin.create_topics([&new_topic], &options).await.unwrap() {
-        result.expect("topic created");
-    }
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let led = client
-            .fetch_metadata(Some(topic), Duration::from_secs(5))
-            .is_ok_and(|m| {
-                m.topics().iter().any(|t| {
-                    t.name() == topic
-                        && t.partitions().len() == PARTITIONS as usize
-                        && t.partitions().iter().all(|p| p.leader() >= 0)
-                })
-            });
-        if led {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "topic {topic} never became ready"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Every event id in the topic, with how many times it occurs.
@@ -142,7 +98,7 @@ async fn test_broker_restart_under_load_loses_no_accepted_event() {
         .unwrap()
         .as_millis();
     let topic = format!("restart-{unique}");
-    create_topic(&topic).await;
+    create_topic(&topic, PARTITIONS).await;
 
     let dir = std::env::temp_dir().join(format!("ingest-restart-{unique}"));
     std::fs::create_dir_all(&dir).unwrap();

@@ -17,24 +17,16 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use readmodel::ReadModel;
 use schemas::{Record, partition_for};
 use serde_json::Value;
+use testkit::{bootstrap, create_topic};
 
 const PARTITIONS: i32 = 3;
 const KILLS: usize = 20;
 const TENANT: &str = "crash-tenant";
-
-fn bootstrap() -> String {
-    std::env::var("KAFKA_BOOTSTRAP").expect(
-        "KAFKA_BOOTSTRAP is not set: this test needs a real broker; run deploy/test.sh, or start \
-         one with deploy/kafka.sh start and set KAFKA_BOOTSTRAP=127.0.0.1:9092",
-    )
-}
 
 /// A small deterministic generator, so a failing run can be repeated.
 struct Lcg(u64);
@@ -120,44 +112,8 @@ fn record(i: usize) -> Record {
 }
 
 async fn create_topics(topic: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .unwrap();
-    let dead_letters = format!("{topic}.dead-letter");
-    let topics = [
-        NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1)),
-        NewTopic::new(&dead_letters, 1, TopicReplication::Fixed(1)),
-    ];
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin.create_topics(&topics, &options).await.unwrap() {
-        result.expect("topic created");
-    }
-    // Creation returns before every partition has a leader; wait for it.
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for (name, partitions) in [(topic, PARTITIONS), (dead_letters.as_str(), 1)] {
-        loop {
-            let ready = client
-                .fetch_metadata(Some(name), Duration::from_secs(5))
-                .is_ok_and(|metadata| {
-                    metadata.topics().iter().any(|t| {
-                        t.name() == name
-                            && t.error().is_none()
-                            && t.partitions().len() == partitions as usize
-                            && t.partitions().iter().all(|p| p.leader() >= 0)
-                    })
-                });
-            if ready {
-                break;
-            }
-            assert!(Instant::now() < deadline, "topic {name} never became ready");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+    create_topic(topic, PARTITIONS).await;
+    create_topic(&format!("{topic}.dead-letter"), 1).await;
 }
 
 /// Sends the stream in waves until the projector has been killed for the last time (and for at
