@@ -14,8 +14,8 @@
 //! dropped. Retries land on the same partition because the partition is a function of the event
 //! key; adding partitions to the topic moves keys and breaks that for ids received before.
 
+use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
 
 use datasketches::bloom::{BloomFilter, BloomFilterBuilder};
 
@@ -44,10 +44,9 @@ struct PartitionIds {
     inserted: u64,
     /// Ids `bloom` was sized for.
     capacity: u64,
-    /// Ids folded in the pending batch, not yet in the store.
-    pending: HashSet<(String, String)>,
-    /// The same ids with their receive times, to write.
-    staged: Vec<(String, String, i64)>,
+    /// Ids (tenant, id) folded in the pending batch, not yet in the store, with their receive
+    /// times.
+    pending: HashMap<(String, String), i64>,
     /// Newest receive time folded from the partition, for expiry.
     newest_received_ms: i64,
 }
@@ -75,9 +74,9 @@ impl Dedup {
             Entry::Vacant(entry) => entry.insert(PartitionIds::load(store, partition)?),
         };
         let bloom_key = (tenant, id);
+        let owned = (tenant.to_owned(), id.to_owned());
         if ids.bloom.contains(&bloom_key) {
-            let owned = (tenant.to_owned(), id.to_owned());
-            if ids.pending.contains(&owned) || store.has_id(partition, tenant, id)? {
+            if ids.pending.contains_key(&owned) || store.has_id(partition, tenant, id)? {
                 metrics::counter!("projector_duplicates_dropped_total").increment(1);
                 return Ok(false);
             }
@@ -85,9 +84,7 @@ impl Dedup {
         }
         ids.bloom.insert(bloom_key);
         ids.inserted += 1;
-        ids.pending.insert((tenant.to_owned(), id.to_owned()));
-        ids.staged
-            .push((tenant.to_owned(), id.to_owned(), received_ms));
+        ids.pending.insert(owned, received_ms);
         ids.newest_received_ms = ids.newest_received_ms.max(received_ms);
         Ok(true)
     }
@@ -95,10 +92,9 @@ impl Dedup {
     /// Adds the pending ids, and the removal of ids that left the window, to `batch`.
     pub fn stage(&mut self, store: &Store, batch: &mut StoreBatch) -> Result<(), StoreError> {
         for (&partition, ids) in &mut self.partitions {
-            for (tenant, id, received_ms) in ids.staged.drain(..) {
+            for ((tenant, id), received_ms) in ids.pending.drain() {
                 batch.put_id(partition, &tenant, &id, received_ms);
             }
-            ids.pending.clear();
             if ids.newest_received_ms == i64::MIN {
                 continue;
             }
@@ -137,8 +133,7 @@ impl PartitionIds {
             bloom,
             inserted: stored.len() as u64,
             capacity,
-            pending: HashSet::new(),
-            staged: Vec::new(),
+            pending: HashMap::new(),
             newest_received_ms: i64::MIN,
         })
     }
