@@ -113,32 +113,7 @@ impl Pipeline {
             ),
         )
         .unwrap();
-        std::fs::write(
-            dir.join("projections.toml"),
-            r#"
-            [[projection]]
-            name = "visitors"
-            kind = "distinct"
-            field = "key"
-            event_type = "view"
-            bucket = "1h"
-
-            [[projection]]
-            name = "top_paths"
-            kind = "top"
-            field = "properties.path"
-            event_type = "view"
-            bucket = "1h"
-
-            [[projection]]
-            name = "known_visitors"
-            kind = "membership"
-            field = "key"
-            event_type = "view"
-            bucket = "1d"
-            "#,
-        )
-        .unwrap();
+        std::fs::write(dir.join("projections.toml"), testkit::VIEW_PROJECTIONS).unwrap();
 
         let ingest_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut projector_listeners = Vec::new();

@@ -256,29 +256,7 @@ async fn test_projector_killed_twenty_times_equals_a_clean_replay() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("projections.toml"),
-        r#"
-        [[projection]]
-        name = "visitors"
-        kind = "distinct"
-        field = "key"
-        event_type = "view"
-        bucket = "1h"
-
-        [[projection]]
-        name = "top_paths"
-        kind = "top"
-        field = "properties.path"
-        event_type = "view"
-        bucket = "1h"
-
-        [[projection]]
-        name = "known_visitors"
-        kind = "membership"
-        field = "key"
-        event_type = "view"
-        bucket = "1d"
-        expected_items = 10000
-        "#,
+        format!("{}expected_items = 10000\n", testkit::VIEW_PROJECTIONS),
     )
     .unwrap();
     let topic = format!("events-{unique}");

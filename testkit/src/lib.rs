@@ -11,6 +11,31 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
+/// Projections over `view` events that the broker tests fold: distinct keys, top paths and
+/// known keys. The membership table comes last, so a test may append parameters to it.
+pub const VIEW_PROJECTIONS: &str = r#"
+[[projection]]
+name = "visitors"
+kind = "distinct"
+field = "key"
+event_type = "view"
+bucket = "1h"
+
+[[projection]]
+name = "top_paths"
+kind = "top"
+field = "properties.path"
+event_type = "view"
+bucket = "1h"
+
+[[projection]]
+name = "known_visitors"
+kind = "membership"
+field = "key"
+event_type = "view"
+bucket = "1d"
+"#;
+
 /// The broker the tests use.
 pub fn bootstrap() -> String {
     std::env::var("KAFKA_BOOTSTRAP").expect(
