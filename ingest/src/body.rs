@@ -5,14 +5,17 @@
 //! far the body would expand (a gzip bomb is refused after `limit + 1` bytes, not after it has
 //! filled memory).
 
+use std::borrow::Cow;
 use std::io::Read;
 
 use axum::http::{HeaderMap, header};
 use flate2::bufread::GzDecoder;
 
-use schemas::BodyFormat;
+use schemas::tenant::Tenant;
+use schemas::{BodyFormat, Limits, Record, parse_events};
 
 use crate::error::ApiError;
+use crate::tenant_rules;
 
 /// How the body bytes are encoded on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +81,32 @@ pub fn gunzip_bounded(compressed: &[u8], limit: usize) -> Result<Vec<u8>, ApiErr
         ));
     }
     Ok(decoded)
+}
+
+/// The records of a request body as it came off the wire: decodes it (`encoding`, at most
+/// `max_body_bytes` decoded), parses and validates every event (`schemas::parse_events` under
+/// `limits`), and checks them against the rules of `tenant`. This is all of `POST /v1/events`
+/// that reads client bytes, kept in one function so the fuzz target covers exactly it.
+///
+/// CPU-bound: call it off the async workers.
+pub fn read_events(
+    body: &[u8],
+    encoding: Encoding,
+    format: BodyFormat,
+    tenant: &Tenant,
+    received_ms: i64,
+    limits: &Limits,
+    max_body_bytes: usize,
+) -> Result<Vec<Record>, ApiError> {
+    let decoded = match encoding {
+        Encoding::Identity => Cow::Borrowed(body),
+        Encoding::Gzip => Cow::Owned(gunzip_bounded(body, max_body_bytes)?),
+    };
+    let records = parse_events(&decoded, format, &tenant.name, received_ms, limits)
+        .map_err(|problems| ApiError::InvalidEvents { problems })?;
+    tenant_rules::check_batch(tenant, &records, &decoded, format)
+        .map_err(|problems| ApiError::InvalidEvents { problems })?;
+    Ok(records)
 }
 
 #[cfg(test)]

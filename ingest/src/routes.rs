@@ -9,7 +9,6 @@
 //! append them. Answers given after the rate limit was consulted (202, 429, and 503 when Kafka
 //! cannot take the admitted events) carry the `RateLimit-Policy` and `RateLimit` header fields.
 
-use std::borrow::Cow;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,14 +26,14 @@ use rdkafka::error::KafkaError;
 use serde_json::json;
 
 use schemas::tenant::{SharedTenants, Tenant, TenantFile};
-use schemas::{Limits, Record, parse_events};
+use schemas::{Limits, Record};
 
-use crate::body::{Encoding, body_encoding, body_format, gunzip_bounded};
+use crate::body::{self, body_encoding, body_format};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::event_log::EventLog;
 use crate::rate_limit::{Refusal, TenantLimits};
-use crate::{telemetry, tenant_rules};
+use crate::telemetry;
 
 /// Everything the handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -191,21 +190,15 @@ async fn accept_events(
     // Decoding and validating up to `max_body_bytes` of JSON is CPU work: keep it off the
     // async workers.
     let records: Vec<Record> = tokio::task::spawn_blocking(move || {
-        let decoded = match encoding {
-            Encoding::Identity => Cow::Borrowed(&body[..]),
-            Encoding::Gzip => Cow::Owned(gunzip_bounded(&body, max_body_bytes)?),
-        };
-        let records = parse_events(
-            &decoded,
+        body::read_events(
+            &body,
+            encoding,
             format,
-            &rules_tenant.name,
+            &rules_tenant,
             received_ms,
             &event_limits,
+            max_body_bytes,
         )
-        .map_err(|problems| ApiError::InvalidEvents { problems })?;
-        tenant_rules::check_batch(&rules_tenant, &records, &decoded, format)
-            .map_err(|problems| ApiError::InvalidEvents { problems })?;
-        Ok::<_, ApiError>(records)
     })
     .await
     .map_err(|error| ApiError::Internal(format!("event parsing task failed: {error}")))??;
