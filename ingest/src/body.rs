@@ -58,21 +58,60 @@ pub fn body_encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
     }
 }
 
-/// Decodes a gzip body of one gzip member, refusing it as soon as it would decode to more than
-/// `limit` bytes. Several concatenated members are refused: each costs a fresh decoder, so a
-/// body of many tiny members would cost seconds of CPU for nothing.
-pub fn gunzip_bounded(compressed: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> {
-    let bound = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
-    // Start small: the compressed size says little about the decoded size, and the bound is
-    // what protects memory, not the initial capacity.
-    let mut decoded = Vec::with_capacity(compressed.len().saturating_mul(4).min(limit));
+/// Gzip's fixed header (10 bytes) and trailer (CRC-32 and ISIZE, 8 bytes): no stream is
+/// shorter.
+const GZIP_MIN_BYTES: usize = 18;
+
+/// The most bytes the one-member gzip body `compressed` may decode to: the size its trailer
+/// declares (ISIZE, the decoded length modulo 2^32), capped at `max_body_bytes`. Decoding that
+/// gives more is refused by [`gunzip_bounded`], so this bound is safe to reserve memory by.
+pub fn gzip_decoded_bound(compressed: &[u8], max_body_bytes: usize) -> usize {
+    let Some(trailer) = compressed
+        .len()
+        .checked_sub(4)
+        .filter(|_| compressed.len() >= GZIP_MIN_BYTES)
+        .and_then(|start| compressed.get(start..))
+    else {
+        return max_body_bytes;
+    };
+    let declared = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
+    usize::try_from(declared).map_or(max_body_bytes, |declared| declared.min(max_body_bytes))
+}
+
+/// Decodes a gzip body of one gzip member, holding at most [`gzip_decoded_bound`] + 1 decoded
+/// bytes: a body that decodes to more than `max_body_bytes` is refused as too large, one that
+/// decodes to more than its trailer declares as broken. Several concatenated members are
+/// refused: each costs a fresh decoder, so a body of many tiny members would cost seconds of
+/// CPU for nothing.
+pub fn gunzip_bounded(compressed: &[u8], max_body_bytes: usize) -> Result<Vec<u8>, ApiError> {
+    let expected = gzip_decoded_bound(compressed, max_body_bytes);
+    let mut decoded = Vec::with_capacity(expected);
     let mut decoder = GzDecoder::new(compressed);
+    let broken = |error: std::io::Error| ApiError::InvalidGzip(error.to_string());
     (&mut decoder)
-        .take(bound)
+        .take(expected as u64 + 1)
         .read_to_end(&mut decoded)
-        .map_err(|error| ApiError::InvalidGzip(error.to_string()))?;
-    if decoded.len() > limit {
-        return Err(ApiError::BodyTooLarge { limit_bytes: limit });
+        .map_err(broken)?;
+    if decoded.len() > expected {
+        if expected < max_body_bytes {
+            // The trailer understated the size. Count the rest, without keeping it, up to the
+            // body limit, to tell a body too large (ISIZE wrapped past 4 GiB) from a broken one.
+            let room = (max_body_bytes - decoded.len()) as u64 + 1;
+            let understated = || {
+                ApiError::InvalidGzip(format!(
+                    "the stream decodes to more bytes than the {expected} its trailer declares"
+                ))
+            };
+            // Reaching the end fails the trailer check: the stream is broken either way.
+            let rest = std::io::copy(&mut (&mut decoder).take(room), &mut std::io::sink())
+                .map_err(|_| understated())?;
+            if rest < room {
+                return Err(understated());
+            }
+        }
+        return Err(ApiError::BodyTooLarge {
+            limit_bytes: max_body_bytes,
+        });
     }
     if !decoder.into_inner().is_empty() {
         return Err(ApiError::InvalidGzip(
@@ -146,6 +185,38 @@ mod tests {
         assert!(bomb.len() < 1 << 20);
         let err = gunzip_bounded(&bomb, 1 << 20).unwrap_err();
         assert!(matches!(err, ApiError::BodyTooLarge { limit_bytes } if limit_bytes == 1 << 20));
+    }
+
+    #[test]
+    fn test_gzip_decoded_bound_reads_the_trailer_and_caps_it() {
+        let plain = br#"{"type":"view"}"#.repeat(10);
+        let body = gzip(&plain);
+        assert_eq!(gzip_decoded_bound(&body, 1 << 20), plain.len());
+        assert_eq!(gzip_decoded_bound(&body, 7), 7);
+        assert_eq!(gzip_decoded_bound(b"short", 1000), 1000);
+    }
+
+    #[test]
+    fn test_gunzip_bounded_refuses_a_trailer_that_understates_the_size() {
+        let plain = br#"{"type":"view"}"#.repeat(10);
+        let mut body = gzip(&plain);
+        let at = body.len() - 4;
+        body[at..].copy_from_slice(&10u32.to_le_bytes());
+        let err = gunzip_bounded(&body, 1 << 20).unwrap_err();
+        assert!(
+            matches!(err, ApiError::InvalidGzip(ref reason) if reason.contains("trailer")),
+            "{err:?}"
+        );
+        // Understated and over the limit: too large wins, as it does for an honest trailer.
+        let big = vec![b' '; 4096];
+        let mut body = gzip(&big);
+        let at = body.len() - 4;
+        body[at..].copy_from_slice(&10u32.to_le_bytes());
+        let err = gunzip_bounded(&body, 1000).unwrap_err();
+        assert!(
+            matches!(err, ApiError::BodyTooLarge { limit_bytes: 1000 }),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -56,6 +56,16 @@ pub struct Config {
     /// How long a client may take to send a request body; a slower one is answered 408 and its
     /// connection freed.
     pub body_read_timeout: Duration,
+    /// How long a client may take to send a request head (request line and header fields); a
+    /// slower connection is closed without an answer.
+    pub header_read_timeout: Duration,
+    /// Most client connections open at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// Most request body bytes held at once, over all requests: raw bytes, plus the decoded
+    /// bytes of gzip bodies. A request that would pass it is answered 503 before its body is
+    /// read. Parsed events take a few times their body size on top, so peak memory is about a
+    /// small multiple of this figure.
+    pub max_buffered_body_bytes: usize,
     /// How long the producer keeps retrying one record before it gives up on it
     /// (`message.timeout.ms`).
     pub message_timeout: Duration,
@@ -64,6 +74,8 @@ pub struct Config {
     pub queue_max_messages: u32,
     /// How long the producer waits to fill a batch before sending it (`linger.ms`).
     pub linger: Duration,
+    /// Compression of record batches (`compression.type`).
+    pub compression: Compression,
     /// How often topic metadata is read to check that Kafka is reachable (readiness) and to
     /// refresh the partition count.
     pub metadata_refresh: Duration,
@@ -92,6 +104,28 @@ pub enum ConfigError {
     Invalid { field: &'static str, reason: String },
 }
 
+/// Compression codecs of the producer (`compression.type`) this build of librdkafka has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+}
+
+impl Compression {
+    /// The librdkafka name of the codec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+        }
+    }
+}
+
 /// The file as written, before validation.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,12 +140,20 @@ struct ConfigFile {
     request_deadline_ms: u64,
     #[serde(default = "default_body_read_timeout_ms")]
     body_read_timeout_ms: u64,
+    #[serde(default = "default_header_read_timeout_ms")]
+    header_read_timeout_ms: u64,
+    #[serde(default = "default_max_connections")]
+    max_connections: u32,
+    #[serde(default = "default_max_buffered_body_bytes")]
+    max_buffered_body_bytes: u64,
     #[serde(default = "default_message_timeout_ms")]
     message_timeout_ms: u64,
     #[serde(default = "default_queue_max_messages")]
     queue_max_messages: u32,
     #[serde(default = "default_linger_ms")]
     linger_ms: u64,
+    #[serde(default = "default_compression")]
+    compression: Compression,
     #[serde(default = "default_metadata_refresh_ms")]
     metadata_refresh_ms: u64,
     #[serde(default = "default_metadata_timeout_ms")]
@@ -136,6 +178,23 @@ const fn default_request_deadline_ms() -> u64 {
 
 const fn default_body_read_timeout_ms() -> u64 {
     10_000
+}
+
+const fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+
+const fn default_max_connections() -> u32 {
+    4_096
+}
+
+/// 64 MiB.
+const fn default_max_buffered_body_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
+const fn default_compression() -> Compression {
+    Compression::Lz4
 }
 
 const fn default_message_timeout_ms() -> u64 {
@@ -173,8 +232,9 @@ impl Config {
     }
 
     /// Parses and validates config TOML. Defaults: `max_body_bytes` 5 MiB,
-    /// `request_deadline_ms` 5000, `message_timeout_ms` 4000, `queue_max_messages` 100000,
-    /// `linger_ms` 5, `metadata_refresh_ms` 1000, `metadata_timeout_ms` 2000,
+    /// `max_buffered_body_bytes` 64 MiB, `max_connections` 4096, `header_read_timeout_ms` 10000,
+    /// `body_read_timeout_ms` 10000, `request_deadline_ms` 5000, `message_timeout_ms` 4000,
+    /// `queue_max_messages` 100000, `linger_ms` 5, `compression` lz4, `metadata_refresh_ms` 1000, `metadata_timeout_ms` 2000,
     /// `shutdown_flush_ms` 5000, `[limits]` from `schemas::Limits::default()`, `[rate_limit]`
     /// in process with `replica_count` 1.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
@@ -192,6 +252,11 @@ impl Config {
                 field: "max_body_bytes",
                 reason: "too large for this machine".into(),
             })?;
+        let max_buffered_body_bytes =
+            usize::try_from(file.max_buffered_body_bytes).map_err(|_| ConfigError::Invalid {
+                field: "max_buffered_body_bytes",
+                reason: "too large for this machine".into(),
+            })?;
         let rate_limit = file
             .rate_limit
             .validate()
@@ -207,9 +272,13 @@ impl Config {
             max_body_bytes,
             request_deadline: Duration::from_millis(file.request_deadline_ms),
             body_read_timeout: Duration::from_millis(file.body_read_timeout_ms),
+            header_read_timeout: Duration::from_millis(file.header_read_timeout_ms),
+            max_connections: file.max_connections as usize,
+            max_buffered_body_bytes,
             message_timeout: Duration::from_millis(file.message_timeout_ms),
             queue_max_messages: file.queue_max_messages,
             linger: Duration::from_millis(file.linger_ms),
+            compression: file.compression,
             metadata_refresh: Duration::from_millis(file.metadata_refresh_ms),
             metadata_timeout: Duration::from_millis(file.metadata_timeout_ms),
             shutdown_flush: Duration::from_millis(file.shutdown_flush_ms),
@@ -259,6 +328,21 @@ impl Config {
         if self.max_body_bytes == 0 {
             return invalid("max_body_bytes", "must be at least 1");
         }
+        // Reservations of the body budget are counted in a u32 (a tokio semaphore's limit).
+        if self.max_buffered_body_bytes > u32::MAX as usize {
+            return invalid("max_buffered_body_bytes", "must be at most 4294967295");
+        }
+        // A gzip body holds its raw bytes and up to `max_body_bytes` decoded bytes at once.
+        if self.max_buffered_body_bytes < self.max_body_bytes.saturating_mul(2) {
+            return invalid(
+                "max_buffered_body_bytes",
+                "must be at least twice max_body_bytes, so that one gzip body of the largest \
+                 size (raw and decoded) fits",
+            );
+        }
+        if self.max_connections == 0 {
+            return invalid("max_connections", "must be at least 1");
+        }
         if self.queue_max_messages == 0 {
             return invalid("queue_max_messages", "must be at least 1");
         }
@@ -268,6 +352,7 @@ impl Config {
         let positive = [
             ("request_deadline_ms", self.request_deadline),
             ("body_read_timeout_ms", self.body_read_timeout),
+            ("header_read_timeout_ms", self.header_read_timeout),
             ("message_timeout_ms", self.message_timeout),
             ("metadata_refresh_ms", self.metadata_refresh),
             ("metadata_timeout_ms", self.metadata_timeout),
@@ -336,6 +421,33 @@ mod tests {
         assert_eq!(config.linger, Duration::from_millis(20));
         assert_eq!(config.request_deadline, Duration::from_millis(750));
         assert_eq!(config.limits.max_events_per_request, 7);
+    }
+
+    #[test]
+    fn test_config_reads_connection_bounds_and_compression() {
+        let text = format!(
+            "{MINIMAL}\nheader_read_timeout_ms = 250\nmax_connections = 8\n\
+             max_buffered_body_bytes = 20000000\ncompression = \"none\"\n"
+        );
+        let config = Config::from_toml(&text).unwrap();
+        assert_eq!(config.header_read_timeout, Duration::from_millis(250));
+        assert_eq!(config.max_connections, 8);
+        assert_eq!(config.max_buffered_body_bytes, 20_000_000);
+        assert_eq!(config.compression, Compression::None);
+
+        let err = Config::from_toml(&format!("{MINIMAL}\ncompression = \"zstd\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("zstd") && err.contains("lz4"), "{err}");
+    }
+
+    #[test]
+    fn test_config_refuses_a_body_budget_smaller_than_one_gzip_body() {
+        let text = format!("{MINIMAL}\nmax_body_bytes = 1000\nmax_buffered_body_bytes = 1999\n");
+        let err = Config::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("max_buffered_body_bytes"), "{err}");
+        let text = format!("{MINIMAL}\nmax_body_bytes = 1000\nmax_buffered_body_bytes = 2000\n");
+        Config::from_toml(&text).unwrap();
     }
 
     #[test]

@@ -18,6 +18,9 @@ use schemas::Problem;
 /// Seconds a client is asked to wait before retrying after Kafka could not take its events.
 const KAFKA_RETRY_AFTER_S: u64 = 1;
 
+/// Seconds a client is asked to wait when ingest holds as many request bodies as it may.
+const OVERLOAD_RETRY_AFTER_S: u64 = 1;
+
 /// A request that could not be accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -92,6 +95,15 @@ pub enum ApiError {
         bytes: usize,
         limit_bytes: usize,
     },
+    #[error(
+        "ingest holds as many request bodies as it may ({budget_bytes} bytes) and cannot take \
+         {needed_bytes} more now: retry after {OVERLOAD_RETRY_AFTER_S} s; nothing of this \
+         request was written"
+    )]
+    Overloaded {
+        needed_bytes: usize,
+        budget_bytes: usize,
+    },
     #[error("internal error while handling the request: retry, and report it if it persists")]
     Internal(String),
 }
@@ -115,7 +127,8 @@ impl ApiError {
             ApiError::NoMetadata
             | ApiError::QueueFull
             | ApiError::KafkaTimeout { .. }
-            | ApiError::Kafka(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::Kafka(_)
+            | ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -137,6 +150,7 @@ impl ApiError {
             ApiError::QueueFull => "kafka_queue_full",
             ApiError::KafkaTimeout { .. } | ApiError::Kafka(_) => "kafka_unavailable",
             ApiError::RecordTooLarge { .. } => "record_too_large",
+            ApiError::Overloaded { .. } => "overloaded",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -149,6 +163,7 @@ impl ApiError {
             | ApiError::QueueFull
             | ApiError::KafkaTimeout { .. }
             | ApiError::Kafka(_) => Some(KAFKA_RETRY_AFTER_S),
+            ApiError::Overloaded { .. } => Some(OVERLOAD_RETRY_AFTER_S),
             _ => None,
         }
     }
@@ -158,6 +173,9 @@ impl ApiError {
         match self {
             ApiError::Kafka(error) => {
                 tracing::warn!(error = %error, code = self.code(), "kafka did not take the events");
+            }
+            ApiError::Overloaded { .. } => {
+                tracing::warn!(error = %self, code = self.code(), "request refused under load");
             }
             ApiError::QueueFull | ApiError::KafkaTimeout { .. } | ApiError::NoMetadata => {
                 tracing::warn!(error = %self, code = self.code(), "kafka did not take the events");

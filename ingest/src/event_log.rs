@@ -15,6 +15,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext};
 
@@ -31,6 +32,9 @@ pub const SCHEMA_VERSION_HEADER: &str = "schema-version";
 /// (1000000) and the broker's default `max.message.bytes` (1048588), leaving room for the
 /// record framing and header.
 pub const MAX_RECORD_BYTES: usize = 900_000;
+
+/// How often librdkafka reports its statistics to [`ProducerEvents::stats`].
+const STATISTICS_INTERVAL_MS: &str = "1000";
 
 /// The producer for one topic, with what ingest knows about the topic.
 pub struct EventLog {
@@ -126,11 +130,14 @@ impl EventLog {
             )
             // Batching window: operators trade a few milliseconds of latency for throughput.
             .set("linger.ms", config.linger.as_millis().to_string())
-            // Events are repetitive JSON; lz4 shrinks them cheaply on the wire and on disk.
-            .set("compression.type", "lz4")
+            // Events are repetitive JSON; lz4 (the default) shrinks them cheaply on the wire
+            // and on disk. docs/ingest-benchmarks.md compares the codecs.
+            .set("compression.type", config.compression.as_str())
             // The producer default is true: a missing topic must be an error that names the fix,
             // not a topic silently created with the broker's default partition count.
             .set("allow.auto.create.topics", "false")
+            // Statistics feed the `ingest_kafka_brokers_up` gauge (see `ProducerEvents::stats`).
+            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
             .create_with_context(ProducerEvents {
                 fatal: Arc::clone(&fatal),
             })?;
@@ -163,6 +170,11 @@ impl EventLog {
     /// themselves; the next successful metadata read replaces it.
     pub fn set_partition_count(&self, partitions: u32) {
         self.partitions.store(partitions, Ordering::Release);
+    }
+
+    /// Records in the producer: queued, being sent, or waiting for their acknowledgement.
+    pub fn queued_records(&self) -> u32 {
+        u32::try_from(self.producer.in_flight_count()).unwrap_or(0)
     }
 
     /// Whether the last metadata read succeeded (Kafka reachable, topic present) and the
@@ -410,5 +422,16 @@ impl ClientContext for ProducerEvents {
         } else {
             tracing::debug!(target: "librdkafka", error = %error, reason, "librdkafka error report");
         }
+    }
+
+    /// Counts the brokers of the cluster the producer is connected to. Bootstrap entries
+    /// (node id -1) are left out: they stand for addresses, not brokers.
+    fn stats(&self, statistics: Statistics) {
+        let up = statistics
+            .brokers
+            .values()
+            .filter(|broker| broker.nodeid >= 0 && broker.state == "UP")
+            .count();
+        metrics::gauge!(telemetry::KAFKA_BROKERS_UP).set(up as f64);
     }
 }

@@ -18,8 +18,9 @@
 //! Metrics (see [`telemetry`]): `ingest_events_received_total`,
 //! `ingest_events_accepted_total`, `ingest_events_rejected_total{reason}`,
 //! `ingest_events_rate_limited_total{tenant}`, `ingest_requests_total{status}`,
-//! `ingest_produce_latency_seconds` (histogram), `ingest_kafka_ready` (gauge),
-//! `ingest_rate_limit_fallback` (gauge), `ingest_tenant_reloads_total{result}`.
+//! `ingest_produce_latency_seconds` (histogram), `ingest_kafka_ready`,
+//! `ingest_kafka_brokers_up`, `ingest_producer_queue_records`, `ingest_buffered_body_bytes`,
+//! `ingest_rate_limit_fallback` (gauges), `ingest_tenant_reloads_total{result}`.
 
 pub mod body;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod error;
 pub mod event_log;
 pub mod rate_limit;
 pub mod routes;
+pub mod server;
 pub mod telemetry;
 pub mod tenant_rules;
 
@@ -112,9 +114,11 @@ pub async fn serve(
         .local_addr()
         .context("listener has no local address")?;
     tracing::info!(%address, "ingest listening");
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let connection_limits = server::ConnectionLimits {
+        header_read_timeout: config.header_read_timeout,
+        max_connections: config.max_connections,
+    };
+    server::serve(listener, router(state), connection_limits, shutdown).await;
     watcher.abort();
     tenant_watch.abort();
     upkeep.abort();
@@ -133,5 +137,5 @@ pub async fn serve(
     } else {
         tracing::info!("kafka producer flushed");
     }
-    served.context("http server failed")
+    Ok(())
 }

@@ -20,15 +20,16 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use metrics::counter;
+use metrics::{counter, gauge};
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::error::KafkaError;
 use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use schemas::tenant::{SharedTenants, Tenant, TenantFile};
 use schemas::{Limits, Record};
 
-use crate::body::{self, body_encoding, body_format};
+use crate::body::{self, Encoding, body_encoding, body_format};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::event_log::EventLog;
@@ -50,6 +51,9 @@ struct Shared {
     request_deadline: Duration,
     body_read_timeout: Duration,
     event_limits: Arc<Limits>,
+    /// Bytes of request bodies that may be held at once (`max_buffered_body_bytes`).
+    body_budget: Arc<Semaphore>,
+    body_budget_bytes: usize,
 }
 
 /// The ingest routes over `state`. The body limit layer is set to `max_body_bytes`.
@@ -85,6 +89,8 @@ impl AppState {
                 request_deadline: config.request_deadline,
                 body_read_timeout: config.body_read_timeout,
                 event_limits: Arc::new(config.limits.clone()),
+                body_budget: Arc::new(Semaphore::new(config.max_buffered_body_bytes)),
+                body_budget_bytes: config.max_buffered_body_bytes,
             }),
         })
     }
@@ -142,6 +148,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn render_metrics(State(state): State<AppState>) -> Response {
+    let shared = &state.inner;
+    gauge!(telemetry::BUFFERED_BODY_BYTES)
+        .set((shared.body_budget_bytes - shared.body_budget.available_permits()) as f64);
+    gauge!(telemetry::PRODUCER_QUEUE_RECORDS).set(f64::from(shared.event_log.queued_records()));
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.inner.metrics.render(),
@@ -166,11 +176,15 @@ async fn accept_events(
         .map_or(shared.max_body_bytes, |bytes| {
             bytes.min(shared.max_body_bytes)
         });
-    if declared_length(headers).is_some_and(|length| length > max_body_bytes) {
+    let declared = declared_length(headers);
+    if declared.is_some_and(|length| length > max_body_bytes) {
         return Err(ApiError::BodyTooLarge {
             limit_bytes: max_body_bytes,
         });
     }
+    // Held until the answer is sent: the body, its decoded form and the records made of it
+    // live until then. A body of unknown length reserves the most it may be.
+    let mut reservation = reserve_body_bytes(shared, declared.unwrap_or(max_body_bytes))?;
     // A client that trickles its body would hold a connection and a task without bound.
     let body = tokio::time::timeout(shared.body_read_timeout, Bytes::from_request(request, &()))
         .await
@@ -183,6 +197,12 @@ async fn accept_events(
             limit_bytes: max_body_bytes,
         });
     }
+
+    if encoding == Encoding::Gzip {
+        let decoded = body::gzip_decoded_bound(&body, max_body_bytes);
+        reservation.merge(reserve_body_bytes(shared, decoded)?);
+    }
+    let _reservation = reservation;
 
     let received_ms = now_ms();
     let event_limits = Arc::clone(&shared.event_limits);
@@ -247,6 +267,21 @@ fn authenticate(tenants: &TenantFile, headers: &HeaderMap) -> Result<Arc<Tenant>
         .authenticate(key.trim())
         .cloned()
         .ok_or(ApiError::Unauthorized)
+}
+
+/// Takes `bytes` from the body budget at once, or refuses the request: waiting would let
+/// clients pile up connections while their bodies sit in socket buffers.
+fn reserve_body_bytes(shared: &Shared, bytes: usize) -> Result<OwnedSemaphorePermit, ApiError> {
+    let overloaded = || ApiError::Overloaded {
+        needed_bytes: bytes,
+        budget_bytes: shared.body_budget_bytes,
+    };
+    // The config keeps the budget, and so every reservation, within u32.
+    let permits = u32::try_from(bytes.max(1)).map_err(|_| overloaded())?;
+    let permit = Arc::clone(&shared.body_budget)
+        .try_acquire_many_owned(permits)
+        .map_err(|_| overloaded())?;
+    Ok(permit)
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<usize> {

@@ -13,11 +13,14 @@
 //! | `ingest_requests_total` | counter | `status` | `POST /v1/events` requests by HTTP status code |
 //! | `ingest_produce_latency_seconds` | histogram | | time from the first record of a request entering the producer to the last acknowledgement (or failure) |
 //! | `ingest_kafka_ready` | gauge | | 1 while topic metadata can be read from Kafka, else 0 |
+//! | `ingest_kafka_brokers_up` | gauge | | brokers of the cluster the producer has an open, working connection to (librdkafka state `UP`), from statistics read every second |
+//! | `ingest_producer_queue_records` | gauge | | records in the producer, queued or waiting for their acknowledgement (at most `queue_max_messages`), read at each scrape |
+//! | `ingest_buffered_body_bytes` | gauge | | bytes of the body budget (`max_buffered_body_bytes`) held by requests, read at each scrape |
 //! | `ingest_rate_limit_fallback` | gauge | | 1 while Redis is configured for shared rate limits but does not answer, so this replica enforces its local share (`quota / replica_count`); else 0 |
 //! | `ingest_tenant_reloads_total` | counter | `result` | reloads of the tenant file (on change or SIGHUP): `reloaded`, or `refused` when the new version is invalid and the previous one stays in force |
 //!
-//! Requests refused before their events are known (401, 413, 415, 400) count only in
-//! `ingest_requests_total`.
+//! Requests refused before their events are known (401, 413, 415, 400, and 503 `overloaded`)
+//! count only in `ingest_requests_total`.
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
@@ -30,6 +33,9 @@ pub const PRODUCE_LATENCY: &str = "ingest_produce_latency_seconds";
 pub const KAFKA_READY: &str = "ingest_kafka_ready";
 pub const RATE_LIMIT_FALLBACK: &str = "ingest_rate_limit_fallback";
 pub const TENANT_RELOADS: &str = "ingest_tenant_reloads_total";
+pub const KAFKA_BROKERS_UP: &str = "ingest_kafka_brokers_up";
+pub const PRODUCER_QUEUE_RECORDS: &str = "ingest_producer_queue_records";
+pub const BUFFERED_BODY_BYTES: &str = "ingest_buffered_body_bytes";
 
 /// Histogram buckets, in seconds, suggested for [`PRODUCE_LATENCY`] (the binary installs them
 /// with `PrometheusBuilder::set_buckets_for_metric`).
@@ -72,6 +78,20 @@ pub fn describe() {
     describe_gauge!(
         RATE_LIMIT_FALLBACK,
         "1 while redis does not answer and this replica enforces its local share of each quota"
+    );
+    describe_gauge!(
+        KAFKA_BROKERS_UP,
+        "brokers the producer has a working connection to"
+    );
+    describe_gauge!(
+        PRODUCER_QUEUE_RECORDS,
+        Unit::Count,
+        "records in the kafka producer, queued or waiting for acknowledgement"
+    );
+    describe_gauge!(
+        BUFFERED_BODY_BYTES,
+        Unit::Bytes,
+        "request body bytes held, out of max_buffered_body_bytes"
     );
     describe_counter!(
         TENANT_RELOADS,

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
+use ingest::server::ConnectionLimits;
 use ingest::{AppState, Config, router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use reqwest::StatusCode;
@@ -341,6 +342,146 @@ async fn test_body_sent_too_slowly_gets_408() {
 }
 
 #[tokio::test]
+async fn test_request_head_sent_too_slowly_closes_the_connection() {
+    let server = Server::start(|config| {
+        config.header_read_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let address = server.address;
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // Half a request head, then silence.
+        write!(stream, "POST /v1/events HTTP/1.1\r\nhost: test\r\n").unwrap();
+        let mut answer = Vec::new();
+        match stream.read_to_end(&mut answer) {
+            Ok(_) => Ok(String::from_utf8_lossy(&answer).into_owned()),
+            Err(error) => Err(error.kind()),
+        }
+    })
+    .await
+    .unwrap();
+    // The server closed the connection (with at most an error status), rather than the read
+    // timing out while it waited for the rest of the head.
+    match outcome {
+        Ok(answer) => assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+            "{answer}"
+        ),
+        Err(kind) => assert_eq!(kind, std::io::ErrorKind::ConnectionReset),
+    }
+}
+
+#[tokio::test]
+async fn test_connections_past_the_cap_wait_until_one_closes() {
+    let server = Server::start(|config| config.max_connections = 1).await;
+    let address = server.address;
+    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+    // A kept-alive connection holds the only slot until told to close.
+    let holder = std::thread::spawn(move || {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        write!(stream, "GET /healthz HTTP/1.1\r\nhost: test\r\n\r\n").unwrap();
+        let mut buffer = [0u8; 1024];
+        let read = stream.read(&mut buffer).unwrap();
+        assert!(buffer[..read].starts_with(b"HTTP/1.1 200"));
+        held_rx.recv().unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waiting = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        write!(
+            stream,
+            "GET /healthz HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut buffer = [0u8; 1024];
+        let early = stream
+            .read(&mut buffer)
+            .map(|read| read > 0)
+            .unwrap_or(false);
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        held_tx.send(()).unwrap();
+        let read = stream.read(&mut buffer).unwrap();
+        (early, String::from_utf8_lossy(&buffer[..read]).into_owned())
+    })
+    .await
+    .unwrap();
+    holder.join().unwrap();
+    let (answered_early, answer) = waiting;
+    assert!(
+        !answered_early,
+        "a second connection was served past max_connections = 1"
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn test_bodies_past_the_buffer_budget_get_503_overloaded_before_being_read() {
+    let server = Server::start(|config| {
+        config.max_body_bytes = 1_000;
+        config.max_buffered_body_bytes = 2_000;
+    })
+    .await;
+    let address = server.address;
+    // Two chunked bodies of unknown length reserve the most a body may be: the whole budget.
+    let stalled: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(address).unwrap();
+            write!(
+                stream,
+                "POST /v1/events HTTP/1.1\r\nhost: test\r\nauthorization: Bearer {KEY}\r\n\
+                 content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n1\r\n[\r\n"
+            )
+            .unwrap();
+            stream
+        })
+        .collect();
+    let mut refused = None;
+    for _ in 0..50 {
+        let response = server.post("application/json", None, events_json(1)).await;
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            let retry_after = response.headers()["retry-after"].clone();
+            let error = error_of(response).await;
+            if error["code"] == "overloaded" {
+                refused = Some((retry_after, error));
+                break;
+            }
+        }
+        // The stalled requests may not have reserved yet.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (retry_after, error) = refused.expect("a request past the budget was not refused");
+    assert_eq!(retry_after, "1");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("2000 bytes"), "{message}");
+    assert!(
+        message.contains("nothing of this request was written"),
+        "{message}"
+    );
+
+    // Once the stalled clients go, their reservations return and the next request gets past
+    // the budget (to the unreachable Kafka).
+    drop(stalled);
+    let mut code = Value::Null;
+    for _ in 0..50 {
+        let response = server.post("application/json", None, events_json(1)).await;
+        code = error_of(response).await["code"].clone();
+        if code != "overloaded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(code, "not_ready");
+}
+
+#[tokio::test]
 async fn test_full_producer_queue_gets_503_at_once() {
     let server = Server::start(|config| {
         config.queue_max_messages = 2;
@@ -419,6 +560,9 @@ async fn test_metrics_endpoint_renders_request_and_event_counters() {
         text.contains("ingest_events_rejected_total{reason=\"no_metadata\"}"),
         "{text}"
     );
+    // Gauges read at each scrape: nothing is held once the requests were answered.
+    assert!(text.contains("ingest_buffered_body_bytes 0"), "{text}");
+    assert!(text.contains("ingest_producer_queue_records 0"), "{text}");
 }
 
 /// An ingest router served on a loopback port, with Kafka pointed at a closed port.
@@ -444,7 +588,16 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let app = router(state.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let limits = ConnectionLimits {
+            header_read_timeout: config.header_read_timeout,
+            max_connections: config.max_connections,
+        };
+        tokio::spawn(ingest::server::serve(
+            listener,
+            app,
+            limits,
+            std::future::pending(),
+        ));
         Server {
             address,
             client: reqwest::Client::new(),
