@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::record::{Record, SCHEMA_VERSION};
+use crate::strict_json;
 
 /// Most bytes in an event `id`.
 pub const MAX_ID_BYTES: usize = 128;
@@ -470,7 +471,7 @@ fn frame_json(body: &[u8], limits: &Limits) -> Result<Framed, Vec<Problem>> {
             format!("the body is empty: {EMPTY_BATCH}"),
         )]);
     }
-    let value: Value = serde_json::from_slice(body)
+    let value: Value = strict_json::from_slice(body)
         .map_err(|error| vec![Problem::new("", json_error_reason(&error, true))])?;
     let values: Framed = match value {
         Value::Object(_) => vec![(String::new(), Ok(value))],
@@ -521,8 +522,7 @@ fn frame_ndjson(body: &[u8], limits: &Limits) -> Result<Framed, Vec<Problem>> {
             let value = if std::str::from_utf8(line).is_err() {
                 Err("is not valid UTF-8: send the body as UTF-8 text".to_owned())
             } else {
-                serde_json::from_slice::<Value>(line)
-                    .map_err(|error| json_error_reason(&error, false))
+                strict_json::from_slice(line).map_err(|error| json_error_reason(&error, false))
             };
             (format!("line {number}"), value)
         })

@@ -9,6 +9,7 @@ pub mod event;
 pub mod field;
 pub mod partition;
 pub mod record;
+pub mod strict_json;
 pub mod tenant;
 
 pub use event::{
