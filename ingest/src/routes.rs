@@ -10,10 +10,11 @@
 //! cannot take the admitted events) carry the `RateLimit-Policy` and `RateLimit` header fields.
 
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
+use axum::body::{Bytes, HttpBody};
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
@@ -113,11 +114,25 @@ impl AppState {
 
 async fn post_events(State(state): State<AppState>, request: Request) -> Response {
     let mut rate_limit_fields = None;
-    let mut response = match accept_events(&state, request, &mut rate_limit_fields).await {
+    let mut unread = Some(request);
+    let mut response = match accept_events(&state, &mut unread, &mut rate_limit_fields).await {
         Ok(accepted) => {
             (StatusCode::ACCEPTED, Json(json!({ "accepted": accepted }))).into_response()
         }
-        Err(error) => error.into_response(),
+        Err(error) => {
+            let drained = match unread {
+                Some(request) => discard_body(&state.inner, request).await,
+                None => true,
+            };
+            let mut response = error.into_response();
+            if !drained {
+                // Tell the client not to reuse the connection, which closes with the body unread.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
+        }
     };
     response
         .headers_mut()
@@ -161,13 +176,18 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
 
 /// Runs the steps of `POST /v1/events` and returns the number of events Kafka acknowledged.
 /// Once the rate limit was consulted, `rate_limit_fields` holds the header fields to answer with.
+///
+/// `request` is taken once its body is read; a request refused before that is left in place.
 async fn accept_events(
     state: &AppState,
-    request: Request,
+    request: &mut Option<Request>,
     rate_limit_fields: &mut Option<[(HeaderName, HeaderValue); 2]>,
 ) -> Result<usize, ApiError> {
     let shared = &state.inner;
-    let headers = request.headers();
+    let headers = request
+        .as_ref()
+        .ok_or_else(|| ApiError::Internal("the request was already read".into()))?
+        .headers();
     let tenant = authenticate(&shared.tenants.current(), headers)?;
     let format = body_format(headers)?;
     let encoding = body_encoding(headers)?;
@@ -185,6 +205,9 @@ async fn accept_events(
     // Held until the answer is sent: the body, its decoded form and the records made of it
     // live until then. A body of unknown length reserves the most it may be.
     let mut reservation = reserve_body_bytes(shared, declared.unwrap_or(max_body_bytes))?;
+    let Some(request) = request.take() else {
+        return Err(ApiError::Internal("the request was already read".into()));
+    };
     // A client that trickles its body would hold a connection and a task without bound.
     let body = tokio::time::timeout(shared.body_read_timeout, Bytes::from_request(request, &()))
         .await
@@ -282,6 +305,40 @@ fn reserve_body_bytes(shared: &Shared, bytes: usize) -> Result<OwnedSemaphorePer
         .try_acquire_many_owned(permits)
         .map_err(|_| overloaded())?;
     Ok(permit)
+}
+
+/// Reads and drops the body of a request refused before its body was read, so the client, which
+/// may still be sending it, reads the answer instead of a reset connection. Bounded like a body
+/// that is kept: at most `max_body_bytes`, within `body_read_timeout`; nothing is held. A body
+/// declared larger than that is not read. Returns whether the body was read to its end; if not,
+/// the connection closes after the answer.
+async fn discard_body(shared: &Shared, request: Request) -> bool {
+    let declared = declared_length(request.headers());
+    if declared.is_some_and(|length| length > shared.max_body_bytes) {
+        return false;
+    }
+    let mut body = request.into_body();
+    let mut remaining = shared.max_body_bytes;
+    let drain = async {
+        loop {
+            match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                None => return true,
+                Some(Err(_)) => return false,
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    match remaining.checked_sub(data.len()) {
+                        Some(left) => remaining = left,
+                        None => return false,
+                    }
+                }
+            }
+        }
+    };
+    tokio::time::timeout(shared.body_read_timeout, drain)
+        .await
+        .unwrap_or(false)
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<usize> {
