@@ -1,6 +1,7 @@
 //! The broker stopped and restarted while clients post continuously: afterwards every event of
 //! every request answered 202 is in the topic exactly once, every other request was answered
-//! with an error (never left hanging), and ingest becomes ready again by itself.
+//! with an error (never left hanging), ingest reports the broker down while it is (`/readyz` 503,
+//! `ingest_kafka_brokers_up` 0), and it becomes ready again by itself.
 //!
 //! This stops and starts the broker at `KAFKA_BOOTSTRAP` with `deploy/kafka.sh` (same port,
 //! same data), so it is the only test of its binary: cargo runs test binaries one at a time, and
@@ -123,7 +124,8 @@ async fn test_broker_restart_under_load_loses_no_accepted_event() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop_ingest, stopped) = tokio::sync::oneshot::channel::<()>();
-    let metrics = PrometheusBuilder::new().build_recorder().handle();
+    // Installed, so the gauges the producer sets reach `/metrics` (the only test of this binary).
+    let metrics = PrometheusBuilder::new().install_recorder().unwrap();
     let service = tokio::spawn(ingest::serve(config, listener, metrics, async {
         let _ = stopped.await;
     }));
@@ -184,7 +186,24 @@ async fn test_broker_restart_under_load_loses_no_accepted_event() {
     tokio::task::spawn_blocking(|| kafka_script("stop"))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // While no broker answers, ingest says so: unready, and no broker up.
+    let noticed = Instant::now() + Duration::from_secs(20);
+    loop {
+        let unready = http
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE);
+        if unready && brokers_up(&http, &url).await == Some(0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < noticed,
+            "ingest did not report the broker down"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
     tokio::task::spawn_blocking(|| kafka_script("start"))
         .await
         .unwrap();
@@ -199,6 +218,14 @@ async fn test_broker_restart_under_load_loses_no_accepted_event() {
         assert!(
             Instant::now() < recovered,
             "ingest did not become ready again"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let counted = Instant::now() + Duration::from_secs(20);
+    while brokers_up(&http, &url).await != Some(1.0) {
+        assert!(
+            Instant::now() < counted,
+            "ingest_kafka_brokers_up did not return to 1"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -250,4 +277,19 @@ async fn test_broker_restart_under_load_loses_no_accepted_event() {
     let _ = stop_ingest.send(());
     service.await.unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The value of `ingest_kafka_brokers_up` on ingest's `/metrics`, once it was set.
+async fn brokers_up(http: &reqwest::Client, url: &str) -> Option<f64> {
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("ingest_kafka_brokers_up "))
+        .and_then(|value| value.trim().parse().ok())
 }
