@@ -234,7 +234,8 @@ fn generate(name: &str) -> Vec<u8> {
                 .collect();
             serde_json::to_vec(&events).unwrap()
         }
-        "long-property-array" => event("a", json!({ "ids": vec![7; 200_000] })).into_bytes(),
+        "long-property-array" => event("a", json!({ "ids": vec![7; 50_000] })).into_bytes(),
+        "many-values" => event("a", json!({ "ids": vec![7; 400_000] })).into_bytes(),
         "large-body" => {
             let filler = "x".repeat(MAX_BODY_BYTES);
             event("a", json!({ "filler": filler })).into_bytes()

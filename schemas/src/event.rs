@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::record::{Record, SCHEMA_VERSION};
-use crate::strict_json;
+use crate::strict_json::{self, ValueBudget};
 
 /// Most bytes in an event `id`.
 pub const MAX_ID_BYTES: usize = 128;
@@ -163,6 +163,10 @@ pub struct Limits {
     /// How far past the receive time an event `time` may be, in milliseconds. Default 300000
     /// (5 minutes).
     pub max_future_ms: i64,
+    /// Most JSON values (objects, arrays, strings, numbers, booleans, nulls) in one request
+    /// body; this bounds the memory of a parsed body, which a long array of small numbers
+    /// would otherwise make some 16 times its length. Default 100000.
+    pub max_json_values: usize,
 }
 
 /// Why a [`Limits`] cannot be used.
@@ -196,6 +200,7 @@ impl Default for Limits {
             max_properties: 64,
             max_depth: 4,
             max_future_ms: 5 * 60 * 1000,
+            max_json_values: 100_000,
         }
     }
 }
@@ -209,6 +214,7 @@ impl Limits {
             ("max_string_bytes", self.max_string_bytes, 1),
             ("max_properties", self.max_properties, 1),
             ("max_depth", self.max_depth, 1),
+            ("max_json_values", self.max_json_values, 1),
         ];
         for (name, value, min) in checks {
             if value < min {
@@ -471,8 +477,14 @@ fn frame_json(body: &[u8], limits: &Limits) -> Result<Framed, Vec<Problem>> {
             format!("the body is empty: {EMPTY_BATCH}"),
         )]);
     }
-    let value: Value = strict_json::from_slice(body)
-        .map_err(|error| vec![Problem::new("", json_error_reason(&error, true))])?;
+    let budget = ValueBudget::new(limits.max_json_values);
+    let value: Value = strict_json::from_slice_within(body, &budget).map_err(|error| {
+        if budget.is_spent() {
+            too_many_values(limits)
+        } else {
+            vec![Problem::new("", json_error_reason(&error, true))]
+        }
+    })?;
     let values: Framed = match value {
         Value::Object(_) => vec![(String::new(), Ok(value))],
         Value::Array(items) => {
@@ -516,18 +528,33 @@ fn frame_ndjson(body: &[u8], limits: &Limits) -> Result<Framed, Vec<Problem>> {
         )]);
     }
     check_count(lines.len(), limits)?;
-    let framed = lines
-        .into_iter()
-        .map(|(number, line)| {
-            let value = if std::str::from_utf8(line).is_err() {
-                Err("is not valid UTF-8: send the body as UTF-8 text".to_owned())
-            } else {
-                strict_json::from_slice(line).map_err(|error| json_error_reason(&error, false))
-            };
-            (format!("line {number}"), value)
-        })
-        .collect();
+    let budget = ValueBudget::new(limits.max_json_values);
+    let mut framed = Vec::with_capacity(lines.len());
+    for (number, line) in lines {
+        let value = if std::str::from_utf8(line).is_err() {
+            Err("is not valid UTF-8: send the body as UTF-8 text".to_owned())
+        } else {
+            strict_json::from_slice_within(line, &budget)
+                .map_err(|error| json_error_reason(&error, false))
+        };
+        if budget.is_spent() {
+            return Err(too_many_values(limits));
+        }
+        framed.push((format!("line {number}"), value));
+    }
     Ok(framed)
+}
+
+fn too_many_values(limits: &Limits) -> Vec<Problem> {
+    vec![Problem::new(
+        "",
+        format!(
+            "the body holds more than {} JSON values (objects, arrays, strings, numbers, \
+             booleans and nulls); at most that many are accepted per request: send fewer or \
+             smaller events",
+            limits.max_json_values
+        ),
+    )]
 }
 
 fn check_count(count: usize, limits: &Limits) -> Result<(), Vec<Problem>> {
@@ -1019,6 +1046,38 @@ mod tests {
             trailing[0].reason.contains("trailing characters"),
             "{trailing:?}"
         );
+    }
+
+    #[test]
+    fn test_parse_events_bounds_the_json_values_of_a_body_in_both_framings() {
+        // Each event is an object and two strings: three values.
+        let few = Limits {
+            max_json_values: 7,
+            ..limits()
+        };
+        let event = r#"{"type": "a", "key": "k"}"#;
+        let array = format!("[{event},{event}]");
+        let parsed = parse_events(array.as_bytes(), BodyFormat::Json, "weblog", NOW_MS, &few);
+        assert_eq!(parsed.unwrap().len(), 2);
+        let lines = format!("{event}\n{event}\n");
+        let parsed = parse_events(lines.as_bytes(), BodyFormat::NdJson, "weblog", NOW_MS, &few);
+        assert_eq!(parsed.unwrap().len(), 2);
+
+        let long = format!(r#"{{"type": "a", "key": "k", "properties": {{"a": [1, 2]}}}}"#);
+        for (body, format) in [
+            (format!("[{event},{long}]"), BodyFormat::Json),
+            (format!("{event}\n{long}\n{event}\n"), BodyFormat::NdJson),
+        ] {
+            let found = parse_events(body.as_bytes(), format, "weblog", NOW_MS, &few).unwrap_err();
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert_eq!(found[0].path, "");
+            assert!(
+                found[0]
+                    .reason
+                    .starts_with("the body holds more than 7 JSON values"),
+                "{found:?}"
+            );
+        }
     }
 
     #[test]
