@@ -1063,7 +1063,7 @@ mod tests {
         let parsed = parse_events(lines.as_bytes(), BodyFormat::NdJson, "weblog", NOW_MS, &few);
         assert_eq!(parsed.unwrap().len(), 2);
 
-        let long = format!(r#"{{"type": "a", "key": "k", "properties": {{"a": [1, 2]}}}}"#);
+        let long = r#"{"type": "a", "key": "k", "properties": {"a": [1, 2]}}"#;
         for (body, format) in [
             (format!("[{event},{long}]"), BodyFormat::Json),
             (format!("{event}\n{long}\n{event}\n"), BodyFormat::NdJson),
