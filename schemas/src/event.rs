@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::record::{Record, SCHEMA_VERSION};
+use crate::record::{MAX_RECORD_TIME_MS, Record, SCHEMA_VERSION};
 use crate::strict_json::{self, ValueBudget};
 
 /// Most bytes in an event `id`.
@@ -390,6 +390,16 @@ impl EventCheck<'_> {
                     time_ms.saturating_sub(received_ms),
                     limits.max_future_ms
                 ),
+            );
+            return None;
+        }
+        // Reached only when the receive time plus `max_future_ms` lies past year 9999: a record
+        // cannot carry such a time (`Record::from_bytes` refuses it), so the event is refused.
+        if time_ms > MAX_RECORD_TIME_MS {
+            self.problem(
+                "time",
+                "must not be after 9999-12-31T23:59:59.999Z (253402300799999 ms), the last time \
+                 a record can carry",
             );
             return None;
         }
@@ -848,6 +858,33 @@ mod tests {
             "time",
             "check the client clock",
         );
+    }
+
+    #[test]
+    fn test_validate_event_refuses_times_past_year_9999_whatever_the_future_allowance() {
+        // The round-trip property of ingest's fuzz target caught this: with a `max_future_ms`
+        // reaching past year 9999 such a time was accepted, and its record then failed
+        // `Record::from_bytes`, so the projector could not read an event ingest acknowledged.
+        let unbounded = Limits {
+            max_future_ms: i64::MAX,
+            ..limits()
+        };
+        let at = |time_ms: i64| {
+            let value = json!({"type": "t", "key": "k", "time": time_ms});
+            validate_event(&value, "", "weblog", NOW_MS, &unbounded)
+        };
+        let problems = at(MAX_RECORD_TIME_MS + 1).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].path, "time");
+        assert!(
+            problems[0]
+                .reason
+                .contains("after 9999-12-31T23:59:59.999Z"),
+            "{problems:?}"
+        );
+        assert!(at(i64::MAX).is_err());
+        let last = at(MAX_RECORD_TIME_MS).unwrap();
+        assert_eq!(Record::from_bytes(&last.to_bytes()).unwrap(), last);
     }
 
     #[test]
