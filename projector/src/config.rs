@@ -57,6 +57,14 @@ pub struct Config {
     /// Consumer group session timeout: how soon a node that died loses its partitions.
     #[serde(default = "default_session_timeout_ms")]
     pub session_timeout_ms: u64,
+    /// How often the projection file is read to see whether it changed; a change of
+    /// definitions starts a rebuild beside the serving read models (see `rebuild`).
+    #[serde(default = "default_projections_poll_ms")]
+    pub projections_poll_ms: u64,
+    /// A rebuild switches in once every partition is within this many records of its high
+    /// watermark; the serving consumer is stopped while the rebuild reads the rest.
+    #[serde(default = "default_rebuild_switch_lag")]
+    pub rebuild_switch_lag: i64,
 }
 
 fn default_node_name() -> String {
@@ -93,6 +101,14 @@ fn default_dedup_window_ms() -> i64 {
 
 fn default_session_timeout_ms() -> u64 {
     10_000
+}
+
+fn default_projections_poll_ms() -> u64 {
+    2_000
+}
+
+fn default_rebuild_switch_lag() -> i64 {
+    1_000
 }
 
 impl Config {
@@ -142,6 +158,12 @@ impl Config {
         }
         if !(1_000..=300_000).contains(&self.session_timeout_ms) {
             bail!("session_timeout_ms must be between 1000 and 300000");
+        }
+        if self.projections_poll_ms == 0 {
+            bail!("projections_poll_ms must be at least 1");
+        }
+        if self.rebuild_switch_lag < 0 {
+            bail!("rebuild_switch_lag must be 0 or more records");
         }
         Ok(())
     }

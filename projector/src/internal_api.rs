@@ -6,7 +6,9 @@
 //! it has no authentication and takes the tenant as a parameter, trusting the query API to pass
 //! the tenant of the caller's key. Bind it to an internal address.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -21,15 +23,24 @@ use serde_json::json;
 use tracing::error;
 
 use crate::assignment::{Assignment, PartitionStatus};
-use crate::store::Store;
+use crate::rebuild::RebuildStatus;
+use crate::store::{Store, definition_version};
+
+/// The definitions being served and the store that holds their state; replaced as one when a
+/// rebuild switches in.
+pub struct Serving {
+    pub projections: Arc<ProjectionFile>,
+    pub store: Store,
+}
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct InternalState {
     pub node_name: String,
     pub topic: String,
-    pub projections: Arc<ProjectionFile>,
-    pub store: Store,
+    pub serving: Arc<ArcSwap<Serving>>,
+    /// The status of the rebuild in progress, if any.
+    pub rebuild: Arc<Mutex<Option<Arc<Mutex<RebuildStatus>>>>>,
     pub assignment: Assignment,
     pub metrics: PrometheusHandle,
 }
@@ -48,6 +59,8 @@ pub fn router(state: InternalState) -> Router {
 #[derive(Serialize)]
 struct ProjectionInfo<'a> {
     name: &'a str,
+    /// Digest of the definition; changes whenever a change of definition needs a rebuild.
+    version: String,
     kind: Kind,
     field: String,
     event_type: Option<&'a str>,
@@ -55,19 +68,27 @@ struct ProjectionInfo<'a> {
 }
 
 async fn projections(State(state): State<InternalState>) -> Response {
-    let projections: Vec<ProjectionInfo<'_>> = state
+    let serving = state.serving.load();
+    let projections: Vec<ProjectionInfo<'_>> = serving
         .projections
         .projections
         .iter()
         .map(|p| ProjectionInfo {
             name: &p.name,
+            version: definition_version(p),
             kind: p.kind,
             field: p.field.to_string(),
             event_type: p.event_type.as_deref(),
             bucket_ms: p.bucket_ms,
         })
         .collect();
-    Json(json!({ "projections": projections })).into_response()
+    let rebuild = state
+        .rebuild
+        .lock()
+        .expect("poisoned")
+        .as_ref()
+        .map(|status| status.lock().expect("poisoned").clone());
+    Json(json!({ "projections": projections, "rebuild": rebuild })).into_response()
 }
 
 #[derive(Serialize)]
@@ -112,7 +133,8 @@ async fn read_model(
     Path(name): Path<String>,
     Query(params): Query<RangeParams>,
 ) -> Response {
-    let Some(projection) = state.projections.get(&name) else {
+    let serving = state.serving.load_full();
+    let Some(projection) = serving.projections.get(&name) else {
         return error_response(
             StatusCode::NOT_FOUND,
             "unknown_projection",
@@ -124,7 +146,7 @@ async fn read_model(
     // Positions first: the state read after them is at least as fresh as they say.
     let partitions = state.assignment.snapshot();
     let owned: Vec<i32> = partitions.iter().map(|p| p.partition).collect();
-    let store = state.store.clone();
+    let store = serving.store.clone();
     let tenant = params.tenant;
     let merged = tokio::task::spawn_blocking(move || {
         store.merged_range(&name, &tenant, from, to, |p| owned.contains(&p))

@@ -13,7 +13,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -22,7 +21,6 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use readmodel::ProjectionFile;
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -73,14 +71,7 @@ impl fmt::Display for ReplaySummary {
 /// `config.store_path`.
 pub fn replay(config: &Config) -> anyhow::Result<ReplaySummary> {
     let started = Instant::now();
-    let projections = Arc::new(ProjectionFile::load(&config.projections_file).with_context(
-        || {
-            format!(
-                "invalid projection file {}",
-                config.projections_file.display()
-            )
-        },
-    )?);
+    let (projections, projections_text) = crate::read_projection_file(&config.projections_file)?;
 
     // Holding the live store proves no node is using it, and keeps one from starting. A damaged
     // one is moved aside: the rebuild replaces it anyway.
@@ -99,7 +90,7 @@ pub fn replay(config: &Config) -> anyhow::Result<ReplaySummary> {
             .with_context(|| format!("cannot remove {}", fresh_path.display()))?;
     }
     let fresh = Store::open(&fresh_path, config.store_cache_bytes)?;
-    fresh.check_definitions(&projections)?;
+    fresh.record_definitions(&projections, &projections_text)?;
 
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)

@@ -19,6 +19,8 @@
 //!   expiry order
 //! - `l` + partition + first lost offset (sortable) -> end of the lost range (i64 LE): records
 //!   deleted by retention before they were folded
+//! - `f` -> the text of the projection file the state was built with, so that a node started
+//!   with a changed file can keep serving the old definitions while it rebuilds the new ones
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -88,6 +90,7 @@ const MODEL_PREFIX: u8 = b'm';
 const ID_PREFIX: u8 = b'i';
 const EXPIRY_PREFIX: u8 = b'x';
 const LOST_PREFIX: u8 = b'l';
+const PROJECTION_FILE_KEY: &[u8] = b"f";
 
 impl Store {
     /// Opens (or creates) the store at `path` with a page cache of `cache_bytes`.
@@ -147,6 +150,72 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Whether the stored state was built with exactly the definitions of `projections`: the
+    /// same names, each with the same definition. A store that recorded none matches anything.
+    pub fn definitions_match(&self, projections: &ProjectionFile) -> Result<bool, StoreError> {
+        let mut stored = BTreeMap::new();
+        for entry in self.state.scan_prefix([DEFINITION_PREFIX]) {
+            let (key, value) = entry?;
+            stored.insert(key[1..].to_vec(), value.to_vec());
+        }
+        if stored.is_empty() {
+            return Ok(true);
+        }
+        let wanted: BTreeMap<Vec<u8>, Vec<u8>> = projections
+            .projections
+            .iter()
+            .map(|p| (p.name.as_bytes().to_vec(), definition_of(p).into_bytes()))
+            .collect();
+        Ok(stored == wanted)
+    }
+
+    /// Records `projections` (parsed from `text`) as the definitions of this store's state,
+    /// replacing any recorded before. For a store that holds no state yet.
+    pub fn record_definitions(
+        &self,
+        projections: &ProjectionFile,
+        text: &str,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for entry in self.state.scan_prefix([DEFINITION_PREFIX]) {
+            batch.remove(entry?.0);
+        }
+        for projection in &projections.projections {
+            batch.insert(
+                definition_key(&projection.name),
+                definition_of(projection).as_bytes(),
+            );
+        }
+        batch.insert(PROJECTION_FILE_KEY, text.as_bytes());
+        self.state.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// The text of the projection file the state was built with, if it was recorded.
+    pub fn projection_file_text(&self) -> Result<Option<String>, StoreError> {
+        match self.state.get(PROJECTION_FILE_KEY)? {
+            Some(bytes) => {
+                String::from_utf8(bytes.to_vec())
+                    .map(Some)
+                    .map_err(|_| StoreError::Corrupt {
+                        key: "projection file".into(),
+                        reason: "not UTF-8".into(),
+                    })
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Whether any record was folded into this store.
+    pub fn has_state(&self) -> Result<bool, StoreError> {
+        Ok(self
+            .state
+            .scan_prefix([OFFSET_PREFIX])
+            .next()
+            .transpose()?
+            .is_some())
     }
 
     /// The stored position of one partition, if anything was folded from it.
@@ -407,6 +476,15 @@ pub type StoreEntry = (Vec<u8>, Vec<u8>);
 pub struct ExpiredId {
     expiry_key: Vec<u8>,
     id_key: Vec<u8>,
+}
+
+/// The version of a projection's definition: 16 hex digits of the XXH64 of its canonical text,
+/// so equal definitions have equal versions on every node and across restarts.
+pub fn definition_version(projection: &Projection) -> String {
+    format!(
+        "{:016x}",
+        schemas::key_hash(definition_of(projection).as_bytes())
+    )
 }
 
 /// The canonical text of a definition: what, if changed, makes stored state incompatible.
