@@ -489,10 +489,12 @@ async fn test_projector_restarted_mid_stream_counts_nothing_twice() {
     // A clean replay of the same log gives the same read models.
     pipeline.stop_projector().await;
     let config = pipeline.projector_config();
-    let summary = tokio::task::spawn_blocking(move || projector::replay::replay(&config))
-        .await
-        .unwrap()
-        .expect("replay");
+    let summary = tokio::task::spawn_blocking(move || {
+        projector::replay::replay(&config, &Default::default())
+    })
+    .await
+    .unwrap()
+    .expect("replay");
     assert_eq!(summary.records, 6_000, "{summary}");
     pipeline.start_projector(None).await;
     let replayed = pipeline.wait_for_events(TENANT_A_KEY, 6_000).await;

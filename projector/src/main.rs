@@ -29,8 +29,8 @@ enum Command {
         )]
         config: PathBuf,
     },
-    /// Rebuild every projection from the start of the topic into fresh state, then swap it in.
-    /// The node must be stopped.
+    /// Rebuild every projection from the start of the topic into fresh state, then swap it in;
+    /// or rebuild one projection in place. The node must be stopped.
     Replay {
         #[arg(
             long,
@@ -38,6 +38,14 @@ enum Command {
             default_value = "deploy/projector.toml"
         )]
         config: PathBuf,
+        /// Start from the records appended at this time (RFC 3339, e.g. 2024-05-01T00:00:00Z,
+        /// or epoch milliseconds) instead of the start of the log.
+        #[arg(long, value_parser = parse_time)]
+        from: Option<i64>,
+        /// Rebuild only this projection, up to the offsets of the live store; the others are
+        /// left as they are.
+        #[arg(long)]
+        projection: Option<String>,
     },
 }
 
@@ -77,15 +85,37 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {}", config.internal_listen))?;
             projector::serve(config, listener, metrics, shutdown_signal()).await
         }
-        Command::Replay { config } => {
+        Command::Replay {
+            config,
+            from,
+            projection,
+        } => {
             let config = projector::Config::load(&config)?;
-            let summary = tokio::task::spawn_blocking(move || projector::replay::replay(&config))
-                .await
-                .context("replay panicked")??;
+            let options = projector::replay::ReplayOptions {
+                from_ms: from,
+                projection,
+            };
+            let summary =
+                tokio::task::spawn_blocking(move || projector::replay::replay(&config, &options))
+                    .await
+                    .context("replay panicked")??;
             println!("{summary}");
             Ok(())
         }
     }
+}
+
+/// A time given on the command line, as epoch milliseconds.
+fn parse_time(text: &str) -> Result<i64, String> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    let instant = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| {
+            format!("{text:?} is neither RFC 3339 (2024-05-01T00:00:00Z) nor epoch ms: {e}")
+        })?;
+    i64::try_from(instant.unix_timestamp_nanos() / 1_000_000)
+        .map_err(|_| format!("{text:?} is out of range"))
 }
 
 async fn shutdown_signal() {

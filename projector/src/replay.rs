@@ -1,18 +1,29 @@
-//! Rebuilding every projection from the start of the topic.
+//! Rebuilding read models from the log while the node is stopped.
 //!
-//! The rebuild reads each partition from its first retained record up to the high watermark
-//! seen when the replay starts, into a fresh store beside the live one, then swaps the fresh
-//! store in. The live store is locked for the whole replay (a running node holding it makes the
-//! replay refuse to start), and it is replaced only once the rebuild completed, so a failed
-//! replay leaves the old state untouched. Records appended after the replay started are folded by
-//! the node when it starts again, from the offsets the replay stored.
+//! A full replay reads each partition from its first retained record (or, with `from_ms`, from
+//! the first record appended at or after that time, found with Kafka's offsets-for-times) up
+//! to the high watermark seen when the replay starts, into a fresh store beside the live one,
+//! then swaps the fresh store in. The live store is locked for the whole replay (a running node
+//! holding it makes the replay refuse to start), and it is replaced only once the rebuild
+//! completed, so a failed replay leaves the old state untouched. Records appended after the
+//! replay started are folded by the node when it starts again, from the offsets the replay
+//! stored.
 //!
-//! Where the log no longer starts at offset 0 (retention deleted its head), the summary says so:
-//! the rebuilt read models then cover only what the log still holds.
+//! A replay of one projection (`projection`) rebuilds only that projection's sketches, up to
+//! exactly the offsets the live store holds, and puts them into the live store in one write; the
+//! other projections are not touched. With `from_ms` it rebuilds only the buckets starting at or
+//! after the bucket holding that time, from the records appended since that bucket began; older
+//! buckets stay as they are.
+//!
+//! Nothing is hidden: records a full replay leaves out, because retention deleted them or
+//! because they precede `from_ms`, are stored as lost ranges, so query answers count them in
+//! `lost_records`; and where the log no longer reaches back as far as asked, the summary says
+//! INCOMPLETE.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -21,6 +32,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use readmodel::ProjectionFile;
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -34,14 +46,29 @@ const REPLAY_BATCH_RECORDS: usize = 50_000;
 /// target.
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// What to rebuild.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    /// Start from the first record appended at or after this time (epoch ms) instead of from
+    /// the start of the log.
+    pub from_ms: Option<i64>,
+    /// Rebuild only this projection, into the live store.
+    pub projection: Option<String>,
+}
+
 /// What a replay did.
 #[derive(Debug)]
 pub struct ReplaySummary {
     pub partitions: usize,
     pub records: u64,
     pub undecodable: u64,
-    /// Partitions whose first retained offset was above 0: their oldest records are gone.
+    /// Partitions where the log no longer reaches back as far as the replay was asked to
+    /// start: (partition, first retained offset).
     pub truncated_partitions: Vec<(i32, i64)>,
+    /// Records a full replay left out by starting at `from_ms`, over all partitions.
+    pub left_out: i64,
+    /// The one projection rebuilt, with the number of sketches written for it.
+    pub projection: Option<(String, usize)>,
     pub elapsed: Duration,
 }
 
@@ -55,10 +82,23 @@ impl fmt::Display for ReplaySummary {
             self.partitions,
             self.elapsed.as_secs_f64()
         )?;
+        if let Some((name, sketches)) = &self.projection {
+            write!(
+                f,
+                " into projection {name} only ({sketches} sketches written)"
+            )?;
+        }
+        if self.left_out > 0 {
+            write!(
+                f,
+                "; {} earlier records left out by --from (reported as lost_records)",
+                self.left_out
+            )?;
+        }
         if !self.truncated_partitions.is_empty() {
             write!(
                 f,
-                "; INCOMPLETE: the log no longer starts at offset 0 in partitions {:?} \
+                "; INCOMPLETE: the log no longer reaches back as far as asked in partitions {:?} \
                  (partition, first retained offset)",
                 self.truncated_partitions
             )?;
@@ -67,17 +107,16 @@ impl fmt::Display for ReplaySummary {
     }
 }
 
-/// Rebuilds every projection into fresh state and swaps it in place of the store at
-/// `config.store_path`.
-pub fn replay(config: &Config) -> anyhow::Result<ReplaySummary> {
+/// Rebuilds what `options` asks for from the log of `config.topic`.
+pub fn replay(config: &Config, options: &ReplayOptions) -> anyhow::Result<ReplaySummary> {
     let started = Instant::now();
     let (projections, projections_text) = crate::read_projection_file(&config.projections_file)?;
 
     // Holding the live store proves no node is using it, and keeps one from starting. A damaged
-    // one is moved aside: the rebuild replaces it anyway.
+    // one is moved aside: a full rebuild replaces it anyway.
     let live = match Store::open(&config.store_path, config.store_cache_bytes) {
         Ok(store) => Some(store),
-        Err(StoreError::Damaged { reason, .. }) => {
+        Err(StoreError::Damaged { reason, .. }) if options.projection.is_none() => {
             let aside = crate::store::move_aside(&config.store_path)?;
             warn!(moved_to = %aside.display(), error = %reason, "live store is damaged; moved aside");
             None
@@ -90,7 +129,6 @@ pub fn replay(config: &Config) -> anyhow::Result<ReplaySummary> {
             .with_context(|| format!("cannot remove {}", fresh_path.display()))?;
     }
     let fresh = Store::open(&fresh_path, config.store_cache_bytes)?;
-    fresh.record_definitions(&projections, &projections_text)?;
 
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)
@@ -100,46 +138,74 @@ pub fn replay(config: &Config) -> anyhow::Result<ReplaySummary> {
         .set_log_level(RDKafkaLogLevel::Warning)
         .create()
         .context("cannot create the Kafka consumer for replay")?;
-    let metadata = consumer
-        .fetch_metadata(Some(&config.topic), Duration::from_secs(10))
-        .context("cannot read topic metadata")?;
-    let topic = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == config.topic)
-        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-        .with_context(|| format!("topic {} does not exist", config.topic))?;
+    let partitions = topic_partitions(&consumer, &config.topic)?;
 
-    // Target: the high watermark of each partition now.
-    let mut remaining = BTreeMap::new();
-    let mut truncated = Vec::new();
-    let mut assignment = TopicPartitionList::new();
-    for partition in topic.partitions() {
-        let id = partition.id();
-        let (low, high) = consumer
-            .fetch_watermarks(&config.topic, id, Duration::from_secs(10))
-            .with_context(|| format!("cannot read the watermarks of partition {id}"))?;
-        if low > 0 {
-            truncated.push((id, low));
+    // What to fold, and where each partition starts and stops.
+    let (folded, from_bucket, targets) = match &options.projection {
+        None => (projections.clone(), None, None),
+        Some(name) => {
+            let live = live
+                .as_ref()
+                .context("no live store to rebuild a projection into")?;
+            let projection = projections.get(name).with_context(|| {
+                format!(
+                    "no projection named {name:?} in {}",
+                    config.projections_file.display()
+                )
+            })?;
+            check_others_unchanged(live, &projections, name)?;
+            let targets: BTreeMap<i32, i64> = live
+                .offsets()?
+                .into_iter()
+                .map(|(partition, offset)| (partition, offset.next_offset))
+                .collect();
+            let from_bucket = options.from_ms.map(|ms| projection.bucket_start(ms));
+            let only = ProjectionFile {
+                projections: vec![projection.clone()],
+            };
+            (Arc::new(only), from_bucket, Some(targets))
         }
-        if high > low {
-            remaining.insert(id, high);
-            assignment.add_partition_offset(&config.topic, id, Offset::Beginning)?;
-        }
-    }
-    let partitions = topic.partitions().len();
-    consumer.assign(&assignment)?;
-    info!(partitions, to_read = ?remaining, "replay started");
+    };
+    // A projection's buckets are rebuilt whole: start from the records of its first bucket.
+    let start_ms = from_bucket.or(options.from_ms);
+    let starts = start_offsets(&consumer, &config.topic, &partitions, start_ms)?;
 
-    // Nobody reads the fresh store until the swap, so batches can be large: each write then
-    // carries every touched sketch once for many more records.
     let replay_batch = config.batch_max_records.max(REPLAY_BATCH_RECORDS);
     let mut folder = Folder::new(
-        projections,
+        folded.clone(),
         fresh.clone(),
         config.dedup_window_ms,
         config.max_record_bytes,
     );
+    let mut remaining = BTreeMap::new();
+    let mut truncated = Vec::new();
+    let mut left_out = 0;
+    let mut assignment = TopicPartitionList::new();
+    for (&partition, start) in &starts {
+        let end = match &targets {
+            Some(targets) => targets.get(&partition).copied().unwrap_or(0),
+            None => start.high,
+        };
+        if start.low > 0 && start.offset == start.low {
+            truncated.push((partition, start.low));
+        }
+        if targets.is_none() && start.offset > 0 {
+            // Not in the rebuilt read models: say so in every answer.
+            folder.lose(partition, 0, start.offset)?;
+            left_out += start.offset - start.low;
+        }
+        if end > start.offset {
+            remaining.insert(partition, end);
+            assignment.add_partition_offset(
+                &config.topic,
+                partition,
+                Offset::Offset(start.offset),
+            )?;
+        }
+    }
+    consumer.assign(&assignment)?;
+    info!(partitions = partitions.len(), to_read = ?remaining, "replay started");
+
     let (mut records, mut undecodable) = (0u64, 0u64);
     let mut last_progress = Instant::now();
     while !remaining.is_empty() {
@@ -147,6 +213,10 @@ pub fn replay(config: &Config) -> anyhow::Result<ReplaySummary> {
             Some(Ok(message)) => {
                 last_progress = Instant::now();
                 let partition = message.partition();
+                let Some(&end) = remaining.get(&partition) else {
+                    // Past its target (a one-projection replay stops at the live offsets).
+                    continue;
+                };
                 // Poison records were dead-lettered by the live node; a rebuild only skips them.
                 if let Folded::Poison { .. } =
                     folder.fold(partition, message.offset(), message.payload())?
@@ -155,10 +225,7 @@ pub fn replay(config: &Config) -> anyhow::Result<ReplaySummary> {
                     undecodable += 1;
                 }
                 records += 1;
-                if remaining
-                    .get(&partition)
-                    .is_some_and(|&high| message.offset() + 1 >= high)
-                {
+                if message.offset() + 1 >= end {
                     remaining.remove(&partition);
                 }
                 if folder.pending_records() >= replay_batch {
@@ -175,12 +242,145 @@ pub fn replay(config: &Config) -> anyhow::Result<ReplaySummary> {
         }
     }
     folder.write()?;
-    fresh.flush()?;
     drop(folder);
-    drop(fresh);
     drop(consumer);
 
-    // Swap: live -> old, fresh -> live, then drop old.
+    let mut summary = ReplaySummary {
+        partitions: partitions.len(),
+        records,
+        undecodable,
+        truncated_partitions: truncated,
+        left_out,
+        projection: None,
+        elapsed: Duration::ZERO,
+    };
+    match &options.projection {
+        Some(name) => {
+            let live = live.expect("checked above");
+            let projection = folded.projections[0].clone();
+            let written =
+                live.replace_projection(&projection, from_bucket.unwrap_or(i64::MIN), &fresh)?;
+            if live.definitions_match(&projections)? {
+                live.record_projection_file(&projections_text)?;
+            }
+            live.flush()?;
+            drop(fresh);
+            std::fs::remove_dir_all(&fresh_path)
+                .with_context(|| format!("cannot remove {}", fresh_path.display()))?;
+            summary.projection = Some((name.clone(), written));
+        }
+        None => {
+            fresh.record_definitions(&projections, &projections_text)?;
+            fresh.flush()?;
+            drop(fresh);
+            swap_in(config, live, &fresh_path)?;
+        }
+    }
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+/// Where one partition's replay starts.
+struct Start {
+    low: i64,
+    high: i64,
+    /// First offset to fold: the low watermark, or the first at or after the start time.
+    offset: i64,
+}
+
+fn topic_partitions(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<i32>> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .context("cannot read topic metadata")?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .with_context(|| format!("topic {topic} does not exist"))?
+        .partitions()
+        .iter()
+        .map(|p| p.id())
+        .collect())
+}
+
+/// The watermarks of each partition and the offset its replay starts at: the first record
+/// appended at or after `from_ms`, or the low watermark.
+fn start_offsets(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+    from_ms: Option<i64>,
+) -> anyhow::Result<BTreeMap<i32, Start>> {
+    let mut starts = BTreeMap::new();
+    for &partition in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .with_context(|| format!("cannot read the watermarks of partition {partition}"))?;
+        starts.insert(
+            partition,
+            Start {
+                low,
+                high,
+                offset: low,
+            },
+        );
+    }
+    if let Some(from_ms) = from_ms {
+        let mut times = TopicPartitionList::new();
+        for &partition in partitions {
+            times.add_partition_offset(topic, partition, Offset::Offset(from_ms))?;
+        }
+        let found = consumer
+            .offsets_for_times(times, Duration::from_secs(10))
+            .context("cannot look up the offsets for the start time")?;
+        for element in found.elements() {
+            let start = starts
+                .get_mut(&element.partition())
+                .expect("asked for this partition");
+            start.offset = match element.offset() {
+                Offset::Offset(offset) => offset.clamp(start.low, start.high),
+                // No record at or after the time: nothing to fold.
+                _ => start.high,
+            };
+        }
+    }
+    Ok(starts)
+}
+
+/// Refuses a one-projection replay when other projections of the live store differ from the
+/// file: their state would then belong to other definitions than the file says.
+fn check_others_unchanged(
+    live: &Store,
+    projections: &ProjectionFile,
+    name: &str,
+) -> anyhow::Result<()> {
+    let stored = live.definitions()?;
+    let wanted: BTreeMap<String, String> = projections
+        .projections
+        .iter()
+        .map(|p| (p.name.clone(), crate::store::definition_text(p)))
+        .collect();
+    let differing: Vec<&String> = stored
+        .keys()
+        .chain(wanted.keys())
+        .filter(|other| other.as_str() != name && stored.get(*other) != wanted.get(*other))
+        .collect();
+    if !differing.is_empty() {
+        bail!(
+            "projections {differing:?} also differ between the live store and the projection file: \
+             rebuild them all with a full `projector replay`"
+        );
+    }
+    Ok(())
+}
+
+/// Swap: live -> old, fresh -> live, then drop old.
+fn swap_in(
+    config: &Config,
+    live: Option<Store>,
+    fresh_path: &std::path::Path,
+) -> anyhow::Result<()> {
     let old_path = sibling(&config.store_path, "old");
     drop(live);
     if old_path.exists() {
@@ -190,7 +390,7 @@ pub fn replay(config: &Config) -> anyhow::Result<ReplaySummary> {
         std::fs::rename(&config.store_path, &old_path)
             .with_context(|| format!("cannot move {} aside", config.store_path.display()))?;
     }
-    std::fs::rename(&fresh_path, &config.store_path).with_context(|| {
+    std::fs::rename(fresh_path, &config.store_path).with_context(|| {
         format!(
             "cannot move the rebuilt store to {}",
             config.store_path.display()
@@ -199,14 +399,7 @@ pub fn replay(config: &Config) -> anyhow::Result<ReplaySummary> {
     if old_path.exists() {
         std::fs::remove_dir_all(&old_path)?;
     }
-
-    Ok(ReplaySummary {
-        partitions,
-        records,
-        undecodable,
-        truncated_partitions: truncated,
-        elapsed: started.elapsed(),
-    })
+    Ok(())
 }
 
 /// `path` with `.suffix` appended to its last component.

@@ -384,6 +384,58 @@ impl Store {
         Ok(ranges)
     }
 
+    /// Replaces the sketches of `projection` whose bucket starts at or after `from_bucket` by
+    /// those `source` holds for it (from the same bucket on), and records `definition` for it,
+    /// in one atomic write. Sketches of earlier buckets, and of other projections, stay.
+    pub fn replace_projection(
+        &self,
+        projection: &Projection,
+        from_bucket: i64,
+        source: &Store,
+    ) -> Result<usize, StoreError> {
+        let prefix = projection_prefix(&projection.name);
+        let mut batch = sled::Batch::default();
+        for entry in self.state.scan_prefix(&prefix) {
+            let (key, _) = entry?;
+            if model_key_bucket(&key).is_some_and(|bucket| bucket >= from_bucket) {
+                batch.remove(key);
+            }
+        }
+        let mut copied = 0;
+        for entry in source.state.scan_prefix(&prefix) {
+            let (key, value) = entry?;
+            if model_key_bucket(&key).is_some_and(|bucket| bucket >= from_bucket) {
+                batch.insert(key, value);
+                copied += 1;
+            }
+        }
+        batch.insert(
+            definition_key(&projection.name),
+            definition_of(projection).as_bytes(),
+        );
+        self.state.apply_batch(batch)?;
+        Ok(copied)
+    }
+
+    /// The recorded definition text of every projection, by name.
+    pub fn definitions(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        let mut definitions = BTreeMap::new();
+        for entry in self.state.scan_prefix([DEFINITION_PREFIX]) {
+            let (key, value) = entry?;
+            definitions.insert(
+                String::from_utf8_lossy(&key[1..]).into_owned(),
+                String::from_utf8_lossy(&value).into_owned(),
+            );
+        }
+        Ok(definitions)
+    }
+
+    /// Records `text` as the projection file the state was built with.
+    pub fn record_projection_file(&self, text: &str) -> Result<(), StoreError> {
+        self.state.insert(PROJECTION_FILE_KEY, text.as_bytes())?;
+        Ok(())
+    }
+
     /// Every entry of the store, in key order: for comparing two stores byte for byte.
     pub fn entries(&self) -> Result<Vec<StoreEntry>, StoreError> {
         self.state
@@ -488,6 +540,10 @@ pub fn definition_version(projection: &Projection) -> String {
 }
 
 /// The canonical text of a definition: what, if changed, makes stored state incompatible.
+pub fn definition_text(projection: &Projection) -> String {
+    definition_of(projection)
+}
+
 fn definition_of(projection: &Projection) -> String {
     format!(
         "kind={:?} field={} event_type={:?} bucket_ms={} params={:?}",
@@ -555,6 +611,21 @@ fn model_prefix(projection: &str, tenant: &str) -> Vec<u8> {
         key.extend_from_slice(part.as_bytes());
     }
     key
+}
+
+/// The common start of every model key of `projection`.
+fn projection_prefix(projection: &str) -> Vec<u8> {
+    let mut key = vec![MODEL_PREFIX];
+    key.extend_from_slice(&(projection.len() as u16).to_be_bytes());
+    key.extend_from_slice(projection.as_bytes());
+    key
+}
+
+/// The bucket start of a model key: the 8 bytes before the trailing partition.
+fn model_key_bucket(key: &[u8]) -> Option<i64> {
+    let end = key.len().checked_sub(4)?;
+    let bytes: [u8; 8] = key.get(end.checked_sub(8)?..end)?.try_into().ok()?;
+    Some((u64::from_be_bytes(bytes) ^ (1 << 63)) as i64)
 }
 
 fn encode_model_key(key: &ModelKey) -> Vec<u8> {
