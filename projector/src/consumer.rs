@@ -239,7 +239,7 @@ fn is_out_of_range(error: &KafkaError) -> bool {
 }
 
 /// After "offset out of range": finds the partitions whose position fell below the log start,
-/// records the lost ranges and moves them to the log start.
+/// records the lost ranges and restarts them at the log start.
 fn recover_lost_records(
     consumer: &BaseConsumer<ProjectorContext>,
     topic: &str,
@@ -249,11 +249,27 @@ fn recover_lost_records(
         let mut folder = context.folder.lock().expect("poisoned");
         if let Some(low) = context.record_loss(consumer, &mut folder, partition)? {
             drop(folder);
-            consumer
-                .seek(topic, partition, Offset::Offset(low), WATERMARK_TIMEOUT)
+            restart_fetch(consumer, topic, partition, low)
                 .with_context(|| format!("cannot move partition {partition} to offset {low}"))?;
         }
     }
+    Ok(())
+}
+
+/// Makes the consumer fetch `partition` from `offset` again. With `auto.offset.reset=error`
+/// librdkafka stops fetching a partition whose offset is out of range and refuses to seek it
+/// ("Local: Erroneous state"); taking it out of the local assignment and back in at `offset`
+/// starts it again. The group's assignment does not change.
+fn restart_fetch(
+    consumer: &BaseConsumer<ProjectorContext>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> anyhow::Result<()> {
+    let mut partitions = TopicPartitionList::new();
+    partitions.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    consumer.incremental_unassign(&partitions)?;
+    consumer.incremental_assign(&partitions)?;
     Ok(())
 }
 
