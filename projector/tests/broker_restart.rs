@@ -1,0 +1,208 @@
+//! The broker stopped and restarted while events stream in and the projector folds them: the same
+//! projector process catches up by itself afterwards, and every exact count of every projection
+//! equals the number of distinct events the broker acknowledged, none missing and none twice.
+//!
+//! Events are written straight to the topic as ingest writes them (idempotent producer, same
+//! value, key, partition and header), with a delivery timeout longer than the outage, so every
+//! event is acknowledged once the broker is back. Every event has a key of its own; one in four
+//! carries no event id, so for those only the stored offsets, not the projector's duplicate
+//! check, keep a record from being folded twice.
+//!
+//! This stops and starts the broker at `KAFKA_BOOTSTRAP` with `deploy/kafka.sh` (same port,
+//! same data), so it is the only test of its binary: cargo runs test binaries one at a time, and
+//! no other test sees the broker go away.
+
+mod node;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::FutureRecord;
+use schemas::{SCHEMA_VERSION, partition_for};
+use testkit::{bootstrap, create_topic};
+
+use node::{Node, version_header, view, wait_for};
+
+const PARTITIONS: i32 = 3;
+const TENANT: &str = "restart-tenant";
+const PROJECTIONS: [&str; 3] = ["visitors", "top_paths", "known_visitors"];
+
+/// Runs `deploy/kafka.sh <command>` for the broker at `KAFKA_BOOTSTRAP`.
+fn kafka_script(command: &str) {
+    let port = bootstrap()
+        .rsplit(':')
+        .next()
+        .expect("KAFKA_BOOTSTRAP is host:port")
+        .to_owned();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kafka.sh");
+    let status = std::process::Command::new("bash")
+        .arg(script)
+        .arg(command)
+        .env("KAFKA_PORT", port)
+        .status()
+        .expect("run deploy/kafka.sh");
+    assert!(status.success(), "deploy/kafka.sh {command} failed");
+}
+
+/// Writes events until `producing` is cleared: 20 every 50 ms, each sent without waiting for
+/// the one before. Returns the keys the broker acknowledged and the number of sends it refused.
+async fn produce(
+    topic: String,
+    producing: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+) -> (Vec<String>, usize) {
+    let producer = node::producer(Duration::from_secs(180));
+    let mut deliveries = Vec::new();
+    let mut n = 0;
+    while producing.load(Ordering::Relaxed) {
+        for _ in 0..20 {
+            let key = format!("visitor-{n}");
+            let id = (n % 4 != 0).then(|| format!("event-{n}"));
+            let record = view(TENANT, &key, id, n);
+            let partition = partition_for(&key, PARTITIONS as u32);
+            let value = record.to_bytes();
+            let delivery = producer
+                .send_result(
+                    FutureRecord::<[u8], [u8]>::to(&topic)
+                        .partition(partition)
+                        .key(record.kafka_key())
+                        .payload(&value)
+                        .headers(version_header(&SCHEMA_VERSION.to_string())),
+                )
+                .unwrap_or_else(|(e, _)| panic!("cannot queue a record: {e}"));
+            deliveries.push((key, delivery));
+            n += 1;
+        }
+        sent.store(n, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut acknowledged = Vec::new();
+    let mut refused = 0;
+    for (key, delivery) in deliveries {
+        match delivery.await.expect("delivery reported") {
+            Ok(_) => acknowledged.push(key),
+            Err((e, _)) => {
+                eprintln!("broker restart: {key} not acknowledged: {e}");
+                refused += 1;
+            }
+        }
+    }
+    (acknowledged, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_broker_restart_under_load_counts_every_acknowledged_event_once() {
+    let name = node::unique("restart");
+    let dir = node::test_dir(&name);
+    let topic = format!("events-{name}");
+    create_topic(&topic, PARTITIONS).await;
+    create_topic(&format!("{topic}.dead-letter"), 1).await;
+    let mut node = Node::start(&dir, &topic, "node", "");
+    let pid = node.pid();
+    wait_for(
+        "all partitions assigned",
+        Duration::from_secs(60),
+        async || {
+            let partitions = node.partitions().await?;
+            if partitions.len() == PARTITIONS as usize {
+                Ok(())
+            } else {
+                Err(format!("{partitions:?}"))
+            }
+        },
+    )
+    .await;
+
+    let producing = Arc::new(AtomicBool::new(true));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let producer = tokio::spawn(produce(topic.clone(), producing.clone(), sent.clone()));
+
+    // Load before the outage, folded as it comes.
+    wait_for(
+        "the node to fold the first events",
+        Duration::from_secs(60),
+        async || match node.events("visitors", TENANT).await? {
+            folded if folded >= 200 => Ok(()),
+            folded => Err(format!("{folded} folded")),
+        },
+    )
+    .await;
+    let folded_before = node.events("visitors", TENANT).await.unwrap();
+
+    let started = Instant::now();
+    tokio::task::spawn_blocking(|| kafka_script("stop"))
+        .await
+        .unwrap();
+    let sent_at_stop = sent.load(Ordering::Relaxed);
+    // The outage lasts while the node retries against no broker at all.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    node.assert_alive();
+    tokio::task::spawn_blocking(|| kafka_script("start"))
+        .await
+        .unwrap();
+    let outage = started.elapsed();
+    node.assert_alive();
+
+    // Load after the broker is back, then the end of the stream.
+    let sent_at_start = sent.load(Ordering::Relaxed);
+    wait_for(
+        "more events to be sent after the restart",
+        Duration::from_secs(60),
+        async || match sent.load(Ordering::Relaxed) {
+            now if now >= sent_at_start + 1_000 => Ok(()),
+            now => Err(format!("{now} sent")),
+        },
+    )
+    .await;
+    producing.store(false, Ordering::Relaxed);
+    let (acknowledged, refused) = producer.await.unwrap();
+    assert_eq!(refused, 0, "the broker refused events; see above");
+
+    // The topic holds each acknowledged event once.
+    let in_topic = node::read_topic(&topic, PARTITIONS);
+    let mut copies: HashMap<String, usize> = HashMap::new();
+    for record in &in_topic {
+        let key = String::from_utf8(record.key.clone().expect("a key")).unwrap();
+        *copies.entry(key).or_default() += 1;
+    }
+    for key in &acknowledged {
+        assert_eq!(copies.get(key), Some(&1), "event {key} in the topic");
+    }
+    assert_eq!(
+        copies.len(),
+        acknowledged.len(),
+        "the topic holds other events"
+    );
+
+    // The same process catches up by itself and counts each event once.
+    let highs: Vec<i64> = node::watermarks(&topic, PARTITIONS)
+        .iter()
+        .map(|&(_, high)| high)
+        .collect();
+    let caught_up = Instant::now();
+    node.wait_caught_up(&highs).await;
+    let catch_up = caught_up.elapsed();
+    node.assert_alive();
+    assert_eq!(node.pid(), pid);
+    for projection in PROJECTIONS {
+        assert_eq!(
+            node.events(projection, TENANT).await.unwrap(),
+            acknowledged.len() as u64,
+            "events folded into {projection}"
+        );
+    }
+    eprintln!(
+        "broker restart: {} events acknowledged ({} sent before the stop, {} by the restart), \
+         {folded_before} folded before the stop; broker away {outage:?}; caught up {catch_up:?} \
+         after the stream ended; every projection counts {}",
+        acknowledged.len(),
+        sent_at_stop,
+        sent_at_start,
+        acknowledged.len()
+    );
+    node.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
