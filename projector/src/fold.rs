@@ -18,7 +18,7 @@ use readmodel::{ProjectionFile, ReadModel};
 use schemas::Record;
 
 use crate::dedup::Dedup;
-use crate::store::{ModelKey, PartitionOffset, Store, StoreBatch, StoreError};
+use crate::store::{ChunkDigests, ModelKey, PartitionOffset, Store, StoreBatch, StoreError};
 
 /// Sketches kept in memory between batches before the cache is dropped and reloaded from the
 /// store on demand.
@@ -42,8 +42,9 @@ pub struct Folder {
     dedup: Dedup,
     /// Largest record value folded; larger ones are poison.
     max_record_bytes: usize,
-    /// Sketches read or changed recently; `dirty` marks those to write.
-    models: HashMap<ModelKey, ReadModel>,
+    /// Sketches read or changed recently, with the digests of their stored chunks; `dirty`
+    /// marks those to write.
+    models: HashMap<ModelKey, (ReadModel, Option<ChunkDigests>)>,
     dirty: HashSet<ModelKey>,
     /// Position reached in each partition by the pending batch.
     positions: BTreeMap<i32, PartitionOffset>,
@@ -169,8 +170,8 @@ impl Folder {
         }
         let mut batch = StoreBatch::default();
         for key in &self.dirty {
-            let model = &self.models[key];
-            batch.put_model(key, model);
+            let (model, stored) = self.models.get_mut(key).expect("dirty models are cached");
+            *stored = Some(batch.put_model(key, model, stored.as_deref()));
             if model.over_capacity() && self.over_capacity.insert(key.clone()) {
                 // Said once per filter: past its design capacity a Bloom filter grows a stage
                 // and its false positive rate rises toward its bound.
@@ -231,15 +232,16 @@ impl Folder {
                 partition,
             };
             if !self.models.contains_key(&key) {
-                let model = match self.store.read_model(&key)? {
-                    Some(model) => model,
-                    None => projection.new_read_model(),
+                let cached = match self.store.read_model_chunks(&key)? {
+                    Some((model, digests)) => (model, Some(digests)),
+                    None => (projection.new_read_model(), None),
                 };
-                self.models.insert(key.clone(), model);
+                self.models.insert(key.clone(), cached);
             }
             self.models
                 .get_mut(&key)
                 .expect("inserted above")
+                .0
                 .update(&value);
             self.dirty.insert(key);
         }

@@ -12,7 +12,11 @@
 //! - `o` + partition (u32, big endian) -> [`PartitionOffset`]
 //! - `d` + projection name -> the projection's definition the state was built with
 //! - `m` + projection + tenant (each u16-length-prefixed) + bucket start (i64, big endian with the
-//!   sign bit flipped so that keys sort by time) + partition (u32, big endian) -> read-model bytes
+//!   sign bit flipped so that keys sort by time) + partition (u32, big endian) + chunk (u16, big
+//!   endian) -> one chunk of at most [`CHUNK_BYTES`] of the read-model bytes. Values stay small
+//!   because sled 0.34 keeps large values in blob files of their own, rewritten whole on every
+//!   change; and a write stores only the chunks whose bytes changed, so a large, mostly unchanged
+//!   sketch (a Bloom filter that saw a few new values) costs a few chunks per batch.
 //! - `i` + partition + tenant (u16-length-prefixed) + event id -> receive time (i64 LE): the
 //!   recent event ids of a partition, for dropping retried duplicates
 //! - `x` + partition + receive time (sortable) + tenant + event id -> nothing: the same ids in
@@ -91,6 +95,13 @@ const ID_PREFIX: u8 = b'i';
 const EXPIRY_PREFIX: u8 = b'x';
 const LOST_PREFIX: u8 = b'l';
 const PROJECTION_FILE_KEY: &[u8] = b"f";
+
+/// Most bytes of one stored chunk of a read model.
+pub const CHUNK_BYTES: usize = 16 * 1024;
+
+/// Digests of the stored chunks of one read model, in chunk order: what a later write compares
+/// against to skip unchanged chunks.
+pub type ChunkDigests = Vec<u64>;
 
 impl Store {
     /// Opens (or creates) the store at `path` with a page cache of `cache_bytes`.
@@ -258,17 +269,30 @@ impl Store {
 
     /// One stored sketch.
     pub fn read_model(&self, key: &ModelKey) -> Result<Option<ReadModel>, StoreError> {
-        match self.state.get(encode_model_key(key))? {
-            Some(bytes) => {
-                ReadModel::from_bytes(&bytes)
-                    .map(Some)
-                    .map_err(|e| StoreError::Corrupt {
-                        key: format!("{key:?}"),
-                        reason: e.to_string(),
-                    })
-            }
-            None => Ok(None),
+        Ok(self.read_model_chunks(key)?.map(|(model, _)| model))
+    }
+
+    /// One stored sketch with the digests of its stored chunks.
+    pub fn read_model_chunks(
+        &self,
+        key: &ModelKey,
+    ) -> Result<Option<(ReadModel, ChunkDigests)>, StoreError> {
+        let prefix = encode_model_key(key);
+        let mut bytes = Vec::new();
+        let mut digests = Vec::new();
+        for entry in self.state.scan_prefix(&prefix) {
+            let (_, chunk) = entry?;
+            digests.push(schemas::key_hash(&chunk));
+            bytes.extend_from_slice(&chunk);
         }
+        if digests.is_empty() {
+            return Ok(None);
+        }
+        let model = ReadModel::from_bytes(&bytes).map_err(|e| StoreError::Corrupt {
+            key: format!("{key:?}"),
+            reason: e.to_string(),
+        })?;
+        Ok(Some((model, digests)))
     }
 
     /// Merges the sketches of `projection` for `tenant` whose bucket starts lie in `[from, to)`,
@@ -288,10 +312,8 @@ impl Store {
         end.extend_from_slice(&sortable_i64(to));
 
         let mut merged: Option<ReadModel> = None;
-        for entry in self.state.range(start..end) {
-            let (key, value) = entry?;
-            let partition_bytes: [u8; 4] = key[key.len() - 4..].try_into().expect("4 bytes");
-            let partition = u32::from_be_bytes(partition_bytes) as i32;
+        for model in ModelChunks::new(self.state.range(start..end)) {
+            let (partition, value) = model?;
             if !include(partition) {
                 continue;
             }
@@ -463,10 +485,32 @@ impl Store {
 }
 
 impl StoreBatch {
-    /// Stages a sketch.
-    pub fn put_model(&mut self, key: &ModelKey, model: &ReadModel) {
-        self.batch.insert(encode_model_key(key), model.to_bytes());
-        self.empty = false;
+    /// Stages a sketch, in chunks of at most [`CHUNK_BYTES`]. With the digests of the stored
+    /// chunks (`stored`), only chunks that changed are written, and chunks past the new end are
+    /// removed; without them every chunk is written. Returns the digests of the new chunks.
+    pub fn put_model(
+        &mut self,
+        key: &ModelKey,
+        model: &ReadModel,
+        stored: Option<&[u64]>,
+    ) -> ChunkDigests {
+        let bytes = model.to_bytes();
+        let base = encode_model_key(key);
+        let mut digests = Vec::with_capacity(bytes.len().div_ceil(CHUNK_BYTES));
+        for (index, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
+            let digest = schemas::key_hash(chunk);
+            digests.push(digest);
+            if stored.and_then(|s| s.get(index)) != Some(&digest) {
+                self.batch.insert(chunk_key(&base, index), chunk);
+                self.empty = false;
+            }
+        }
+        let old_chunks = stored.map_or(0, <[u64]>::len);
+        for index in digests.len()..old_chunks {
+            self.batch.remove(chunk_key(&base, index));
+            self.empty = false;
+        }
+        digests
     }
 
     /// Stages a partition position.
@@ -621,11 +665,65 @@ fn projection_prefix(projection: &str) -> Vec<u8> {
     key
 }
 
-/// The bucket start of a model key: the 8 bytes before the trailing partition.
+/// The bucket start of a model chunk key: the 8 bytes before the partition and chunk index.
 fn model_key_bucket(key: &[u8]) -> Option<i64> {
-    let end = key.len().checked_sub(4)?;
+    let end = key.len().checked_sub(6)?;
     let bytes: [u8; 8] = key.get(end.checked_sub(8)?..end)?.try_into().ok()?;
     Some((u64::from_be_bytes(bytes) ^ (1 << 63)) as i64)
+}
+
+/// The key of chunk `index` of the model whose key is `base`.
+fn chunk_key(base: &[u8], index: usize) -> Vec<u8> {
+    let mut key = Vec::with_capacity(base.len() + 2);
+    key.extend_from_slice(base);
+    // A read model of more than 65536 chunks (1 GiB) cannot be built: sketches are bounded.
+    key.extend_from_slice(&(index as u16).to_be_bytes());
+    key
+}
+
+/// Consecutive model chunks put back together: each item is a partition and the whole value of
+/// one read model, read from a key range of model chunk keys.
+struct ModelChunks<I: Iterator> {
+    entries: std::iter::Peekable<I>,
+}
+
+impl<I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> ModelChunks<I> {
+    fn new(entries: I) -> ModelChunks<I> {
+        ModelChunks {
+            entries: entries.peekable(),
+        }
+    }
+}
+
+impl<I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Iterator for ModelChunks<I> {
+    type Item = Result<(i32, Vec<u8>), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (key, first) = match self.entries.next()? {
+            Ok(entry) => entry,
+            Err(e) => return Some(Err(e.into())),
+        };
+        let Some(base_len) = key.len().checked_sub(6) else {
+            return Some(Err(StoreError::Corrupt {
+                key: format!("{key:?}"),
+                reason: "model chunk key too short".into(),
+            }));
+        };
+        let base = key[..base_len + 4].to_vec();
+        let partition_bytes: [u8; 4] = base[base_len..].try_into().expect("4 bytes");
+        let partition = u32::from_be_bytes(partition_bytes) as i32;
+        let mut value = first.to_vec();
+        while let Some(Ok((next, _))) = self.entries.peek() {
+            if next.len() != base.len() + 2 || !next.starts_with(&base) {
+                break;
+            }
+            match self.entries.next()? {
+                Ok((_, chunk)) => value.extend_from_slice(&chunk),
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+        Some(Ok((partition, value)))
+    }
 }
 
 fn encode_model_key(key: &ModelKey) -> Vec<u8> {
@@ -670,6 +768,68 @@ mod tests {
     }
 
     #[test]
+    fn test_large_models_are_chunked_and_rewrite_only_changed_chunks() {
+        let (store, dir) = temp_store();
+        let projection = ProjectionFile::from_toml(
+            "[[projection]]\nname = \"seen\"\nkind = \"membership\"\nfield = \"key\"\n\
+             bucket = \"1d\"\nexpected_items = 100000\n",
+        )
+        .unwrap()
+        .projections
+        .remove(0);
+        let mut model = projection.new_read_model();
+        model.update("a");
+        let key = ModelKey {
+            projection: "seen".into(),
+            tenant: "t".into(),
+            bucket_start: 0,
+            partition: 1,
+        };
+        let mut batch = StoreBatch::default();
+        let digests = batch.put_model(&key, &model, None);
+        store.write(batch).unwrap();
+        assert!(
+            digests.len() > 4,
+            "{} bytes in {} chunks",
+            model.to_bytes().len(),
+            digests.len()
+        );
+        let base = encode_model_key(&key);
+        for entry in store.state.scan_prefix(&base) {
+            assert!(entry.unwrap().1.len() <= CHUNK_BYTES);
+        }
+
+        let (read, stored) = store.read_model_chunks(&key).unwrap().unwrap();
+        assert_eq!(read.to_bytes(), model.to_bytes());
+        assert_eq!(stored, digests);
+
+        // One more value sets a few bits (one per hash function, and the count in the header):
+        // only the chunks holding them change.
+        model.update("b");
+        let mut batch = StoreBatch::default();
+        let after = batch.put_model(&key, &model, Some(&stored));
+        let changed = after.iter().zip(&stored).filter(|(a, b)| a != b).count();
+        assert!(
+            (1..digests.len()).contains(&changed),
+            "{changed} of {} chunks changed",
+            digests.len()
+        );
+        store.write(batch).unwrap();
+        let read = store.read_model(&key).unwrap().unwrap();
+        assert_eq!(read.to_bytes(), model.to_bytes());
+        assert_eq!(
+            store
+                .merged_range("seen", "t", i64::MIN, i64::MAX, |_| true)
+                .unwrap()
+                .unwrap()
+                .to_bytes(),
+            model.to_bytes()
+        );
+        drop(store);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn test_store_batch_writes_models_and_offsets_together() {
         let (store, dir) = temp_store();
         let projection = projections().projections.remove(0);
@@ -683,7 +843,7 @@ mod tests {
             partition: 2,
         };
         let mut batch = StoreBatch::default();
-        batch.put_model(&key, &model);
+        batch.put_model(&key, &model, None);
         batch.put_offset(
             2,
             PartitionOffset {
@@ -718,7 +878,7 @@ mod tests {
                     bucket_start: *bucket,
                     partition,
                 };
-                batch.put_model(&key, &model);
+                batch.put_model(&key, &model, None);
             }
         }
         store.write(batch).unwrap();
