@@ -14,14 +14,18 @@
 //! - A record that cannot be folded (poison) goes to the dead-letter topic with the reason and
 //!   its origin in headers, and the partition moves past it only once the broker acknowledged
 //!   that write. If the write fails, the partition pauses and reports itself stalled, retrying
-//!   every few seconds; it neither loops nor skips.
+//!   every few seconds; it neither loops nor skips. Only the first attempt waits for the broker;
+//!   retries run beside the loop, so the other partitions keep folding meanwhile.
 //!
 //! Everything runs on one thread: librdkafka calls the rebalance callback from inside `poll`, so
 //! the pending batch is never touched by two threads at once.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -29,7 +33,9 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{
+    DeliveryFuture, FutureProducer, FutureRecord, Producer, future_producer::OwnedDeliveryResult,
+};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext};
@@ -112,6 +118,7 @@ pub fn run(
                             payload: message.payload().map(<[u8]>::to_vec),
                             reason,
                             next_try: Instant::now(),
+                            writing: None,
                         };
                         match dead_letters.send(&config.topic, &poison) {
                             Ok(()) => {
@@ -280,7 +287,10 @@ struct Poison {
     key: Option<Vec<u8>>,
     payload: Option<Vec<u8>>,
     reason: String,
+    /// When to write the dead letter again, while no write is under way.
     next_try: Instant,
+    /// The retried dead-letter write, until the broker answers it.
+    writing: Option<DeliveryFuture>,
 }
 
 /// Stops a partition behind a poison record whose dead-letter write failed.
@@ -310,7 +320,8 @@ fn stall(
     stalled.insert(partition, poison);
 }
 
-/// Retries the dead-letter write of every stalled partition that is due; on success the
+/// Starts the dead-letter write of every stalled partition that is due and collects the
+/// answers of those under way, without waiting for any; once a write is acknowledged the
 /// partition moves past its poison record and resumes.
 fn retry_stalled(
     consumer: &BaseConsumer<ProjectorContext>,
@@ -318,19 +329,36 @@ fn retry_stalled(
     stalled: &mut HashMap<i32, Poison>,
     topic: &str,
 ) -> anyhow::Result<()> {
-    let due: Vec<i32> = stalled
-        .iter()
-        .filter(|(_, poison)| poison.next_try <= Instant::now())
-        .map(|(&partition, _)| partition)
-        .collect();
-    for partition in due {
-        let poison = stalled.get_mut(&partition).expect("listed above");
-        if let Err(e) = dead_letters.send(topic, poison) {
-            debug!(partition, error = %e, "dead-letter write still failing");
-            poison.next_try = Instant::now() + STALL_RETRY;
-            continue;
+    let mut delivered = Vec::new();
+    for (&partition, poison) in stalled.iter_mut() {
+        let answer = match poison.writing.take() {
+            Some(mut writing) => match dead_letters.answer(poison, &mut writing) {
+                Poll::Pending => {
+                    poison.writing = Some(writing);
+                    continue;
+                }
+                Poll::Ready(answer) => answer,
+            },
+            None if poison.next_try <= Instant::now() => match dead_letters.start(topic, poison) {
+                Ok(writing) => {
+                    poison.writing = Some(writing);
+                    continue;
+                }
+                Err(e) => Err(e),
+            },
+            None => continue,
+        };
+        match answer {
+            Ok(()) => delivered.push(partition),
+            Err(e) => {
+                debug!(partition, error = %e, "dead-letter write still failing");
+                poison.next_try = Instant::now() + STALL_RETRY;
+            }
         }
-        let poison = stalled.remove(&partition).expect("listed above");
+    }
+
+    for partition in delivered {
+        let poison = stalled.remove(&partition).expect("collected above");
         let context = consumer.context();
         context
             .folder
@@ -364,7 +392,6 @@ fn retry_stalled(
 struct DeadLetters {
     producer: FutureProducer,
     topic: String,
-    timeout: Duration,
     runtime: tokio::runtime::Handle,
 }
 
@@ -402,13 +429,29 @@ impl DeadLetters {
         Ok(DeadLetters {
             producer,
             topic,
-            timeout: Duration::from_millis(config.dead_letter_timeout_ms),
             runtime: tokio::runtime::Handle::current(),
         })
     }
 
-    /// Sends one poison record with its reason and origin in headers.
+    /// Sends one poison record and waits for the broker's answer.
     fn send(&self, origin_topic: &str, poison: &Poison) -> anyhow::Result<()> {
+        let writing = self.start(origin_topic, poison)?;
+        let answer = self.runtime.block_on(writing);
+        self.settle(poison, answer.ok())
+    }
+
+    /// The broker's answer to a write begun by [`DeadLetters::start`], if it came.
+    fn answer(&self, poison: &Poison, writing: &mut DeliveryFuture) -> Poll<anyhow::Result<()>> {
+        // Asked again on the loop's next turn, so nothing needs waking.
+        let mut context = std::task::Context::from_waker(Waker::noop());
+        Pin::new(writing)
+            .poll(&mut context)
+            .map(|answer| self.settle(poison, answer.ok()))
+    }
+
+    /// Queues one poison record, with its reason and origin in headers, for the dead-letter
+    /// topic.
+    fn start(&self, origin_topic: &str, poison: &Poison) -> anyhow::Result<DeliveryFuture> {
         let partition = poison.partition.to_string();
         let offset = poison.offset.to_string();
         let size = poison.payload.as_ref().map_or(0, Vec::len).to_string();
@@ -444,11 +487,19 @@ impl DeadLetters {
             let kept = payload.len().min(DEAD_LETTER_PAYLOAD_BYTES);
             record = record.payload(&payload[..kept]);
         }
-        let delivery = self
-            .runtime
-            .block_on(self.producer.send(record, self.timeout));
-        match delivery {
-            Ok(_) => {
+        self.producer.send_result(record).map_err(|(e, _)| {
+            anyhow::anyhow!(
+                "dead-letter topic {} did not take the record: {e}",
+                self.topic
+            )
+        })
+    }
+
+    /// Counts and logs an acknowledged dead letter, or turns a refusal into an error. `None`:
+    /// the producer went away before it answered.
+    fn settle(&self, poison: &Poison, answer: Option<OwnedDeliveryResult>) -> anyhow::Result<()> {
+        match answer {
+            Some(Ok(_)) => {
                 metrics::counter!("projector_records_dead_lettered_total").increment(1);
                 warn!(
                     partition = poison.partition,
@@ -459,9 +510,12 @@ impl DeadLetters {
                 );
                 Ok(())
             }
-            Err((e, _)) => Err(anyhow::anyhow!(
+            Some(Err((e, _))) => Err(anyhow::anyhow!(
                 "dead-letter topic {} did not take the record: {e}",
                 self.topic
+            )),
+            None => Err(anyhow::anyhow!(
+                "the dead-letter producer stopped before the broker answered"
             )),
         }
     }
