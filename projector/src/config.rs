@@ -54,6 +54,10 @@ pub struct Config {
     /// time against the newest event of the same partition.
     #[serde(default = "default_dedup_window_ms")]
     pub dedup_window_ms: i64,
+    /// Most event ids remembered per partition for dropping duplicates (about 30 bytes of
+    /// memory each); past it the oldest are forgotten before the window ends.
+    #[serde(default = "default_dedup_max_ids")]
+    pub dedup_max_ids: usize,
     /// Consumer group session timeout: how soon a node that died loses its partitions.
     #[serde(default = "default_session_timeout_ms")]
     pub session_timeout_ms: u64,
@@ -97,6 +101,10 @@ fn default_max_record_bytes() -> usize {
 
 fn default_dedup_window_ms() -> i64 {
     24 * 60 * 60 * 1_000
+}
+
+fn default_dedup_max_ids() -> usize {
+    2_000_000
 }
 
 fn default_session_timeout_ms() -> u64 {
@@ -152,6 +160,9 @@ impl Config {
         }
         if self.dead_letter_timeout_ms == 0 || self.max_record_bytes == 0 {
             bail!("dead_letter_timeout_ms and max_record_bytes must be at least 1");
+        }
+        if self.dedup_max_ids == 0 {
+            bail!("dedup_max_ids must be at least 1");
         }
         if self.dedup_window_ms <= 0 {
             bail!("dedup_window_ms must be positive, e.g. 86400000 for a day");

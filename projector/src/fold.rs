@@ -17,6 +17,7 @@ use std::time::Instant;
 use readmodel::{ProjectionFile, ReadModel};
 use schemas::Record;
 
+use crate::config::Config;
 use crate::dedup::Dedup;
 use crate::store::{ChunkDigests, ModelKey, PartitionOffset, Store, StoreBatch, StoreError};
 
@@ -59,17 +60,13 @@ pub struct Folder {
 }
 
 impl Folder {
-    pub fn new(
-        projections: Arc<ProjectionFile>,
-        store: Store,
-        dedup_window_ms: i64,
-        max_record_bytes: usize,
-    ) -> Folder {
+    /// A folder of `projections` into `store`, with the record and dedup bounds of `config`.
+    pub fn new(projections: Arc<ProjectionFile>, store: Store, config: &Config) -> Folder {
         Folder {
             projections,
             store,
-            dedup: Dedup::new(dedup_window_ms),
-            max_record_bytes,
+            dedup: Dedup::new(config.dedup_window_ms, config.dedup_max_ids),
+            max_record_bytes: config.max_record_bytes,
             models: HashMap::new(),
             dirty: HashSet::new(),
             positions: BTreeMap::new(),
@@ -192,7 +189,7 @@ impl Folder {
         for &(partition, from, to) in &self.lost {
             batch.put_lost_range(partition, from, to);
         }
-        self.dedup.stage(&self.store, &mut batch)?;
+        self.dedup.stage(&mut batch);
         self.store.write(batch)?;
 
         self.dirty.clear();

@@ -213,12 +213,8 @@ impl Node {
             let generation_stop = Arc::new(AtomicBool::new(false));
             let consumer = {
                 let config = self.config.clone();
-                let folder = Folder::new(
-                    serving.projections.clone(),
-                    serving.store.clone(),
-                    config.dedup_window_ms,
-                    config.max_record_bytes,
-                );
+                let folder =
+                    Folder::new(serving.projections.clone(), serving.store.clone(), &config);
                 let (store, assignment, stop) = (
                     serving.store.clone(),
                     self.assignment.clone(),

@@ -257,12 +257,7 @@ fn build(
     consumer.assign(&assignment)?;
 
     let batch_records = config.batch_max_records.max(REBUILD_BATCH_RECORDS);
-    let mut folder = Folder::new(
-        projections,
-        store.clone(),
-        config.dedup_window_ms,
-        config.max_record_bytes,
-    );
+    let mut folder = Folder::new(projections, store.clone(), config);
     let mut records = 0u64;
     let mut last_lag_check: Option<Instant> = None;
     // The high watermarks to reach once finishing.

@@ -171,12 +171,7 @@ pub fn replay(config: &Config, options: &ReplayOptions) -> anyhow::Result<Replay
     let starts = start_offsets(&consumer, &config.topic, &partitions, start_ms)?;
 
     let replay_batch = config.batch_max_records.max(REPLAY_BATCH_RECORDS);
-    let mut folder = Folder::new(
-        folded.clone(),
-        fresh.clone(),
-        config.dedup_window_ms,
-        config.max_record_bytes,
-    );
+    let mut folder = Folder::new(folded.clone(), fresh.clone(), config);
     let mut remaining = BTreeMap::new();
     let mut truncated = Vec::new();
     let mut left_out = 0;

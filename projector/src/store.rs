@@ -17,10 +17,10 @@
 //!   because sled 0.34 keeps large values in blob files of their own, rewritten whole on every
 //!   change; and a write stores only the chunks whose bytes changed, so a large, mostly unchanged
 //!   sketch (a Bloom filter that saw a few new values) costs a few chunks per batch.
-//! - `i` + partition + tenant (u16-length-prefixed) + event id -> receive time (i64 LE): the
-//!   recent event ids of a partition, for dropping retried duplicates
-//! - `x` + partition + receive time (sortable) + tenant + event id -> nothing: the same ids in
-//!   expiry order
+//! - `i` + partition + run sequence number (u64, big endian) + chunk (u16, big endian) -> the
+//!   newest receive time of the run (i64 LE) followed by up to [`RUN_CHUNK_IDS`] id
+//!   fingerprints (u64 LE): the ids folded from a partition in one batch, for dropping retried
+//!   duplicates (see `dedup`)
 //! - `l` + partition + first lost offset (sortable) -> end of the lost range (i64 LE): records
 //!   deleted by retention before they were folded
 //! - `f` -> the text of the projection file the state was built with, so that a node started
@@ -92,12 +92,24 @@ const OFFSET_PREFIX: u8 = b'o';
 const DEFINITION_PREFIX: u8 = b'd';
 const MODEL_PREFIX: u8 = b'm';
 const ID_PREFIX: u8 = b'i';
-const EXPIRY_PREFIX: u8 = b'x';
 const LOST_PREFIX: u8 = b'l';
 const PROJECTION_FILE_KEY: &[u8] = b"f";
 
 /// Most bytes of one stored chunk of a read model.
 pub const CHUNK_BYTES: usize = 16 * 1024;
+
+/// Most id fingerprints in one stored chunk of an id run: a chunk stays within [`CHUNK_BYTES`].
+pub const RUN_CHUNK_IDS: usize = (CHUNK_BYTES - 8) / 8;
+
+/// The fingerprints of the event ids folded from a partition in one batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdRun {
+    /// Runs of a partition are numbered in the order they were written.
+    pub seq: u64,
+    /// The newest receive time among the run's ids, epoch ms.
+    pub newest_ms: i64,
+    pub fingerprints: Vec<u64>,
+}
 
 /// Digests of the stored chunks of one read model, in chunk order: what a later write compares
 /// against to skip unchanged chunks.
@@ -332,49 +344,44 @@ impl Store {
         Ok(merged)
     }
 
-    /// Whether the event id of `tenant` was folded from `partition` within the dedup window.
-    pub fn has_id(&self, partition: i32, tenant: &str, id: &str) -> Result<bool, StoreError> {
-        Ok(self.state.contains_key(id_key(partition, tenant, id))?)
-    }
-
-    /// Every stored event id of a partition, as (tenant, id).
-    pub fn ids(&self, partition: i32) -> Result<Vec<(String, String)>, StoreError> {
-        let prefix = partition_prefix(ID_PREFIX, partition);
-        let mut ids = Vec::new();
-        for entry in self.state.scan_prefix(prefix) {
-            let (key, _) = entry?;
-            let (tenant, id) = split_tenant_id(&key[5..]).ok_or_else(|| StoreError::Corrupt {
+    /// Every stored id run of a partition, oldest first.
+    pub fn id_runs(&self, partition: i32) -> Result<Vec<IdRun>, StoreError> {
+        let mut runs: Vec<IdRun> = Vec::new();
+        for entry in self
+            .state
+            .scan_prefix(partition_prefix(ID_PREFIX, partition))
+        {
+            let (key, value) = entry?;
+            let corrupt = || StoreError::Corrupt {
                 key: format!("{key:?}"),
-                reason: "malformed event id entry".into(),
-            })?;
-            ids.push((tenant, id));
+                reason: "malformed id run chunk".into(),
+            };
+            let seq_bytes: [u8; 8] = key
+                .get(5..13)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(corrupt)?;
+            let seq = u64::from_be_bytes(seq_bytes);
+            let newest: [u8; 8] = value
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(corrupt)?;
+            let ids = value
+                .get(8..)
+                .filter(|ids| ids.len() % 8 == 0)
+                .ok_or_else(corrupt)?;
+            let fingerprints = ids
+                .chunks_exact(8)
+                .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+            match runs.last_mut() {
+                Some(run) if run.seq == seq => run.fingerprints.extend(fingerprints),
+                _ => runs.push(IdRun {
+                    seq,
+                    newest_ms: i64::from_le_bytes(newest),
+                    fingerprints: fingerprints.collect(),
+                }),
+            }
         }
-        Ok(ids)
-    }
-
-    /// Up to `limit` ids of a partition received before `cutoff_ms`, as expiry-index keys.
-    pub fn expired_ids(
-        &self,
-        partition: i32,
-        cutoff_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<ExpiredId>, StoreError> {
-        let start = partition_prefix(EXPIRY_PREFIX, partition);
-        let mut end = start.clone();
-        end.extend_from_slice(&sortable_i64(cutoff_ms));
-        let mut expired = Vec::new();
-        for entry in self.state.range(start..end).take(limit) {
-            let (key, _) = entry?;
-            let (tenant, id) = split_tenant_id(&key[13..]).ok_or_else(|| StoreError::Corrupt {
-                key: format!("{key:?}"),
-                reason: "malformed expiry entry".into(),
-            })?;
-            expired.push(ExpiredId {
-                expiry_key: key.to_vec(),
-                id_key: id_key(partition, &tenant, &id),
-            });
-        }
-        Ok(expired)
+        Ok(runs)
     }
 
     /// Records lost to retention in a partition, as half-open offset ranges.
@@ -458,6 +465,34 @@ impl Store {
         Ok(())
     }
 
+    /// Every entry except the id runs, in key order: the state that depends only on the log
+    /// folded, whatever the batches were. Two stores folded from the same log compare equal
+    /// here byte for byte; their id runs hold the same ids ([`Store::remembered_ids`]) split
+    /// into different runs.
+    pub fn state_entries(&self) -> Result<Vec<StoreEntry>, StoreError> {
+        Ok(self
+            .entries()?
+            .into_iter()
+            .filter(|(key, _)| key.first() != Some(&ID_PREFIX))
+            .collect())
+    }
+
+    /// The fingerprints of the event ids remembered for each partition.
+    pub fn remembered_ids(
+        &self,
+    ) -> Result<BTreeMap<i32, std::collections::BTreeSet<u64>>, StoreError> {
+        let mut remembered = BTreeMap::new();
+        for partition in self.offsets()?.into_keys() {
+            let ids = self
+                .id_runs(partition)?
+                .into_iter()
+                .flat_map(|run| run.fingerprints)
+                .collect();
+            remembered.insert(partition, ids);
+        }
+        Ok(remembered)
+    }
+
     /// Every entry of the store, in key order: for comparing two stores byte for byte.
     pub fn entries(&self) -> Result<Vec<StoreEntry>, StoreError> {
         self.state
@@ -522,24 +557,26 @@ impl StoreBatch {
         self.empty = false;
     }
 
-    /// Stages a folded event id of `tenant`, received at `received_ms`.
-    pub fn put_id(&mut self, partition: i32, tenant: &str, id: &str, received_ms: i64) {
-        self.batch.insert(
-            id_key(partition, tenant, id),
-            &received_ms.to_le_bytes()[..],
-        );
-        let mut expiry = partition_prefix(EXPIRY_PREFIX, partition);
-        expiry.extend_from_slice(&sortable_i64(received_ms));
-        push_tenant_id(&mut expiry, tenant, id);
-        self.batch.insert(expiry, &[][..]);
-        self.empty = false;
+    /// Stages a run of event ids of a partition.
+    pub fn put_id_run(&mut self, partition: i32, run: &IdRun) {
+        for (index, ids) in run.fingerprints.chunks(RUN_CHUNK_IDS).enumerate() {
+            let mut value = Vec::with_capacity(8 + ids.len() * 8);
+            value.extend_from_slice(&run.newest_ms.to_le_bytes());
+            for id in ids {
+                value.extend_from_slice(&id.to_le_bytes());
+            }
+            self.batch
+                .insert(id_run_key(partition, run.seq, index), value);
+            self.empty = false;
+        }
     }
 
-    /// Stages the removal of an id that left the dedup window.
-    pub fn remove_id(&mut self, expired: &ExpiredId) {
-        self.batch.remove(&expired.expiry_key[..]);
-        self.batch.remove(&expired.id_key[..]);
-        self.empty = false;
+    /// Stages the removal of a run of event ids that left the dedup window.
+    pub fn remove_id_run(&mut self, partition: i32, run: &IdRun) {
+        for index in 0..run.fingerprints.len().div_ceil(RUN_CHUNK_IDS) {
+            self.batch.remove(id_run_key(partition, run.seq, index));
+            self.empty = false;
+        }
     }
 
     /// Stages a range of offsets `[from, to)` of a partition lost to retention.
@@ -567,12 +604,6 @@ pub fn move_aside(path: &Path) -> std::io::Result<std::path::PathBuf> {
 
 /// One raw key and value of the store.
 pub type StoreEntry = (Vec<u8>, Vec<u8>);
-
-/// An event id that left the dedup window, by its two keys.
-pub struct ExpiredId {
-    expiry_key: Vec<u8>,
-    id_key: Vec<u8>,
-}
 
 /// The version of a projection's definition: 16 hex digits of the XXH64 of its canonical text,
 /// so equal definitions have equal versions on every node and across restarts.
@@ -627,24 +658,12 @@ fn partition_prefix(prefix: u8, partition: i32) -> Vec<u8> {
     key
 }
 
-fn push_tenant_id(key: &mut Vec<u8>, tenant: &str, id: &str) {
-    key.extend_from_slice(&(tenant.len() as u16).to_be_bytes());
-    key.extend_from_slice(tenant.as_bytes());
-    key.extend_from_slice(id.as_bytes());
-}
-
-fn id_key(partition: i32, tenant: &str, id: &str) -> Vec<u8> {
+fn id_run_key(partition: i32, seq: u64, chunk: usize) -> Vec<u8> {
     let mut key = partition_prefix(ID_PREFIX, partition);
-    push_tenant_id(&mut key, tenant, id);
+    key.extend_from_slice(&seq.to_be_bytes());
+    // A run holds one batch's ids: far fewer than 65536 chunks of 2047.
+    key.extend_from_slice(&(chunk as u16).to_be_bytes());
     key
-}
-
-/// Reads `tenant` (u16-length-prefixed) then the id from the rest of a key.
-fn split_tenant_id(bytes: &[u8]) -> Option<(String, String)> {
-    let len = u16::from_be_bytes(bytes.get(..2)?.try_into().ok()?) as usize;
-    let tenant = std::str::from_utf8(bytes.get(2..2 + len)?).ok()?;
-    let id = std::str::from_utf8(bytes.get(2 + len..)?).ok()?;
-    Some((tenant.to_owned(), id.to_owned()))
 }
 
 fn model_prefix(projection: &str, tenant: &str) -> Vec<u8> {

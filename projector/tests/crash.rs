@@ -322,8 +322,13 @@ async fn test_projector_killed_twenty_times_equals_a_clean_replay() {
     );
     let live = projector::store::Store::open(&dir.join("live"), 1 << 20).unwrap();
     let replayed = projector::store::Store::open(&dir.join("replayed"), 1 << 20).unwrap();
-    let live_entries = live.entries().unwrap();
-    let replayed_entries = replayed.entries().unwrap();
+    let live_entries = live.state_entries().unwrap();
+    let replayed_entries = replayed.state_entries().unwrap();
+    assert_eq!(
+        live.remembered_ids().unwrap(),
+        replayed.remembered_ids().unwrap(),
+        "the stores remember different event ids"
+    );
     let live_keys: HashSet<&Vec<u8>> = live_entries.iter().map(|(k, _)| k).collect();
     let replayed_keys: HashSet<&Vec<u8>> = replayed_entries.iter().map(|(k, _)| k).collect();
     assert_eq!(

@@ -191,8 +191,13 @@ async fn test_a_changed_projection_file_is_built_beside_and_switched_in_while_se
     );
     let live = projector::store::Store::open(&dir.join("live"), 1 << 20).unwrap();
     let replayed = projector::store::Store::open(&dir.join("replayed"), 1 << 20).unwrap();
-    let live_entries = live.entries().unwrap();
-    let replayed_entries = replayed.entries().unwrap();
+    let live_entries = live.state_entries().unwrap();
+    let replayed_entries = replayed.state_entries().unwrap();
+    assert_eq!(
+        live.remembered_ids().unwrap(),
+        replayed.remembered_ids().unwrap(),
+        "the stores remember different event ids"
+    );
     assert_eq!(live_entries.len(), replayed_entries.len());
     for ((live_key, live_value), (replayed_key, replayed_value)) in
         live_entries.iter().zip(&replayed_entries)
