@@ -71,6 +71,7 @@ pub fn run(
         folder: Mutex::new(folder),
         assignment: assignment.clone(),
         fatal: Mutex::new(None),
+        beyond_end: Mutex::new(Vec::new()),
     };
     let consumer: BaseConsumer<ProjectorContext> = consumer_config(config)
         .create_with_context(context)
@@ -94,6 +95,7 @@ pub fn run(
         if let Err(e) = retry_stalled(&consumer, &dead_letters, &mut stalled, &config.topic) {
             break Err(e);
         }
+        pause_beyond_end(&consumer, &config.topic);
 
         match consumer.poll(POLL_INTERVAL) {
             Some(Ok(message)) => {
@@ -291,6 +293,21 @@ struct Poison {
     next_try: Instant,
     /// The retried dead-letter write, until the broker answers it.
     writing: Option<DeliveryFuture>,
+}
+
+/// Pauses the partitions found past the end of their log at assignment.
+fn pause_beyond_end(consumer: &BaseConsumer<ProjectorContext>, topic: &str) {
+    let partitions = std::mem::take(&mut *consumer.context().beyond_end.lock().expect("poisoned"));
+    if partitions.is_empty() {
+        return;
+    }
+    let mut paused = TopicPartitionList::new();
+    for partition in partitions {
+        let _ = paused.add_partition(topic, partition);
+    }
+    if let Err(e) = consumer.pause(&paused) {
+        warn!(error = %e, "cannot pause partitions found past the end of their log");
+    }
 }
 
 /// Stops a partition behind a poison record whose dead-letter write failed.
@@ -530,6 +547,9 @@ struct ProjectorContext {
     assignment: Assignment,
     /// Set by a callback that cannot go on; the loop stops with it.
     fatal: Mutex<Option<String>>,
+    /// Partitions assigned whose stored position lies past the end of their log: the loop
+    /// pauses them once the assignment is in place.
+    beyond_end: Mutex<Vec<i32>>,
 }
 
 impl ClientContext for ProjectorContext {
@@ -616,6 +636,7 @@ impl ProjectorContext {
             if let Some(low) = self.record_loss(consumer, &mut folder, partition)? {
                 next = low;
             }
+            self.check_log_end(consumer, partition, next)?;
             tpl.set_partition_offset(&self.topic, partition, Offset::Offset(next))?;
             info!(
                 partition,
@@ -623,6 +644,40 @@ impl ProjectorContext {
                 "partition assigned; resuming from the store"
             );
         }
+        Ok(())
+    }
+
+    /// A stored position past the end of the log means the log was replaced (the topic deleted
+    /// and created again, or truncated): the read models belong to records that are gone, and
+    /// folding the new records on top would mix two logs. The partition is reported stalled,
+    /// with the fix, and paused.
+    fn check_log_end(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        partition: i32,
+        next: i64,
+    ) -> anyhow::Result<()> {
+        let (_low, high) = consumer
+            .fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT)
+            .with_context(|| format!("cannot read the watermarks of partition {partition}"))?;
+        if next <= high {
+            return Ok(());
+        }
+        let reason = format!(
+            "the store has folded this partition up to offset {next}, past the end of its log \
+             ({high}): the topic was deleted and created again, or truncated, so the read models \
+             belong to another log; rebuild them with `projector replay`"
+        );
+        error!(
+            partition,
+            next_offset = next,
+            high_watermark = high,
+            "{reason}"
+        );
+        metrics::gauge!("projector_partition_stalled", "partition" => partition.to_string())
+            .set(1.0);
+        self.assignment.set_stalled(partition, Some(reason));
+        self.beyond_end.lock().expect("poisoned").push(partition);
         Ok(())
     }
 
