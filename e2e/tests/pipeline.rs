@@ -457,6 +457,89 @@ async fn test_events_posted_to_ingest_come_back_out_of_the_query_api() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn test_series_merge_buckets_per_step_and_split_new_from_returning_keys() {
+    let pipeline = Pipeline::start("series").await;
+    // Three hours; small sets, which the distinct sketch counts exactly.
+    let hour = 3_600_000i64;
+    let start = 1_431_856_800_000i64; // 2015-05-17T10:00:00Z, a whole hour
+    let hours: [&[&str]; 3] = [&["a", "b", "c"], &["b", "c", "d", "e"], &["a", "e", "f"]];
+    let mut events = Vec::new();
+    for (h, keys) in hours.iter().enumerate() {
+        for (i, key) in keys.iter().enumerate() {
+            events.push(json!({
+                "id": format!("s-{h}-{i}"),
+                "type": "view",
+                "key": key,
+                "time": start + h as i64 * hour + i as i64 * 60_000,
+                "properties": {"path": format!("/p/{i}")},
+            }));
+        }
+    }
+    pipeline.post(TENANT_A_KEY, &events).await;
+    pipeline.wait_for_events(TENANT_A_KEY, events.len() as u64).await;
+
+    let path = format!(
+        "/v1/projections/visitors/series?from={start}&to={}&step=1h",
+        start + 3 * hour
+    );
+    let series = pipeline.query(TENANT_A_KEY, &path).await;
+    let points = series["points"].as_array().expect("points");
+    assert_eq!(points.len(), 3, "{series}");
+    // Small sets are counted exactly, up to floating point in the estimator.
+    let estimate = |v: &Value| v["estimate"].as_f64().unwrap().round();
+    let per_step: Vec<f64> = points.iter().map(|p| estimate(&p["distinct"])).collect();
+    assert_eq!(per_step, [3.0, 4.0, 3.0], "{series}");
+    let new: Vec<f64> = points.iter().map(|p| estimate(&p["new"])).collect();
+    let returning: Vec<f64> = points.iter().map(|p| estimate(&p["returning"])).collect();
+    assert_eq!(new, [3.0, 2.0, 1.0], "{series}");
+    assert_eq!(returning, [0.0, 2.0, 2.0], "{series}");
+    // The whole range is the union of the steps, not the sum of their counts.
+    assert_eq!(estimate(&series["total"]["distinct"]), 6.0, "{series}");
+    assert_eq!(series["total"]["events"], 10);
+    assert_eq!(points[1]["start"], start + hour);
+
+    // Top paths per day: one step holding all three hours, with counts.
+    let top = pipeline
+        .query(
+            TENANT_A_KEY,
+            &format!(
+                "/v1/projections/top_paths/series?from={start}&to={}&step=1d&k=2",
+                start + hour
+            ),
+        )
+        .await;
+    let points = top["points"].as_array().expect("points");
+    assert_eq!(points.len(), 1, "{top}");
+    assert_eq!(points[0]["events"], 10, "{top}");
+    assert_eq!(points[0]["items"][0]["item"], "/p/0", "{top}");
+    assert_eq!(points[0]["items"].as_array().unwrap().len(), 2, "{top}");
+
+    // A step finer than the buckets, or too many steps, is a 400 that says why.
+    for (query, fragment) in [
+        ("from=0&to=3600000&step=1m", "whole number of the projection's buckets (1h)"),
+        ("from=0&to=1431856800000&step=1h", "more than 2000 steps"),
+        ("from=0&to=3600000&step=fortnight", "not a step such as 15m"),
+        ("from=0&step=1h", "\"to\" is required"),
+    ] {
+        let response = pipeline
+            .http
+            .get(format!(
+                "{}/v1/projections/visitors/series?{query}",
+                pipeline.query_url
+            ))
+            .bearer_auth(TENANT_A_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{query}");
+        let body: Value = response.json().await.unwrap();
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(fragment), "{query}: {body}");
+    }
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn test_projector_restarted_mid_stream_counts_nothing_twice() {
     let mut pipeline = Pipeline::start("restart").await;
     let events = views(0, 6_000, 1_500);

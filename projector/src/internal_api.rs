@@ -51,6 +51,10 @@ pub fn router(state: InternalState) -> Router {
         .route("/internal/v1/projections", get(projections))
         .route("/internal/v1/partitions", get(partitions))
         .route("/internal/v1/read-models/{projection}", get(read_model))
+        .route(
+            "/internal/v1/read-models/{projection}/series",
+            get(read_model_series),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(render_metrics))
         .with_state(state)
@@ -160,6 +164,120 @@ async fn read_model(
             partitions,
             read_model: model
                 .map(|m| base64::engine::general_purpose::STANDARD.encode(m.to_bytes())),
+        })
+        .into_response(),
+        Ok(Err(e)) => {
+            error!(error = %e, "cannot read the store");
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "store_error",
+                e.to_string(),
+            )
+        }
+        Err(e) => {
+            error!(error = %e, "store read task failed");
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "store_error",
+                "store read failed".to_owned(),
+            )
+        }
+    }
+}
+
+/// Most steps one series may have.
+pub const MAX_SERIES_STEPS: i64 = 5_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeriesParams {
+    tenant: String,
+    from: i64,
+    to: i64,
+    step: i64,
+}
+
+#[derive(Serialize)]
+struct SeriesStep {
+    start: i64,
+    /// Standard base64 of the step's merged read-model bytes; `null` when nothing was folded.
+    read_model: Option<String>,
+}
+
+#[derive(Serialize)]
+struct SeriesAnswer<'a> {
+    projection: &'a str,
+    kind: Kind,
+    partition_count: Option<i32>,
+    partitions: Vec<PartitionStatus>,
+    steps: Vec<SeriesStep>,
+}
+
+/// The read models of one projection and tenant merged per step: `[from, from + step)`,
+/// `[from + step, from + 2 step)`, ... up to `to`. `step` must be a whole number of the
+/// projection's buckets and `from` a multiple of it, so every bucket lies in exactly one step.
+async fn read_model_series(
+    State(state): State<InternalState>,
+    Path(name): Path<String>,
+    Query(params): Query<SeriesParams>,
+) -> Response {
+    let serving = state.serving.load_full();
+    let Some(projection) = serving.projections.get(&name) else {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "unknown_projection",
+            format!("no projection named {name:?}; GET /internal/v1/projections lists them"),
+        );
+    };
+    let bad = |message: String| error_response(StatusCode::BAD_REQUEST, "bad_series", message);
+    if params.step <= 0 || params.step % projection.bucket_ms != 0 {
+        return bad(format!(
+            "step {} ms is not a whole number of the {} ms buckets of {name:?}",
+            params.step, projection.bucket_ms
+        ));
+    }
+    if params.from.rem_euclid(params.step) != 0 || params.to <= params.from {
+        return bad(format!(
+            "from ({}) must be a multiple of step ({}) and before to ({})",
+            params.from, params.step, params.to
+        ));
+    }
+    let Some(span) = params.to.checked_sub(params.from) else {
+        return bad("the range from..to is too wide".to_owned());
+    };
+    let steps = span / params.step + i64::from(span % params.step != 0);
+    if steps > MAX_SERIES_STEPS {
+        return bad(format!(
+            "{steps} steps asked; at most {MAX_SERIES_STEPS}: widen the step or narrow the range"
+        ));
+    }
+    let partitions = state.assignment.snapshot();
+    let owned: Vec<i32> = partitions.iter().map(|p| p.partition).collect();
+    let store = serving.store.clone();
+    let tenant = params.tenant;
+    let series = tokio::task::spawn_blocking(move || {
+        (0..steps)
+            .map(|index| {
+                let start = params.from + index * params.step;
+                let end = (start + params.step).min(params.to);
+                let merged =
+                    store.merged_range(&name, &tenant, start, end, |p| owned.contains(&p))?;
+                Ok(SeriesStep {
+                    start,
+                    read_model: merged
+                        .map(|m| base64::engine::general_purpose::STANDARD.encode(m.to_bytes())),
+                })
+            })
+            .collect::<Result<Vec<_>, crate::store::StoreError>>()
+    })
+    .await;
+    match series {
+        Ok(Ok(steps)) => Json(SeriesAnswer {
+            projection: &projection.name,
+            kind: projection.kind,
+            partition_count: state.assignment.partition_count(),
+            partitions,
+            steps,
         })
         .into_response(),
         Ok(Err(e)) => {

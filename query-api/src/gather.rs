@@ -16,7 +16,7 @@ use readmodel::{Kind, ReadModel};
 
 use crate::error::QueryError;
 use crate::nodes::{NodeAnswer, NodeFailure, NodePartition, ProjectionInfo, ProjectorNodes};
-use crate::params::TimeRange;
+use crate::params::{SeriesRange, TimeRange};
 
 /// The query a client asked for; each kind of projection answers some of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +25,8 @@ pub(crate) enum QueryKind {
     Top,
     Count,
     Contains,
+    /// A series over steps: every kind answers it.
+    Series,
 }
 
 /// How current an answer is, partition by partition.
@@ -93,7 +95,13 @@ impl QueryKind {
             QueryKind::Top => "top",
             QueryKind::Count => "count",
             QueryKind::Contains => "contains",
+            QueryKind::Series => "series",
         }
+    }
+
+    /// Whether a projection of `kind` answers this query.
+    pub fn answered_by(self, kind: Kind) -> bool {
+        self == QueryKind::Series || kind == self.projection_kind()
     }
 
     /// The kind of projection that answers this query.
@@ -102,6 +110,7 @@ impl QueryKind {
             QueryKind::Distinct => Kind::Distinct,
             QueryKind::Top | QueryKind::Count => Kind::Top,
             QueryKind::Contains => Kind::Membership,
+            QueryKind::Series => Kind::Distinct,
         }
     }
 }
@@ -109,9 +118,9 @@ impl QueryKind {
 /// The queries a kind of projection answers, for error messages.
 pub(crate) fn supported_queries(kind: Kind) -> &'static str {
     match kind {
-        Kind::Distinct => "distinct",
-        Kind::Top => "top, count",
-        Kind::Membership => "contains",
+        Kind::Distinct => "distinct, series",
+        Kind::Top => "top, count, series",
+        Kind::Membership => "contains, series",
     }
 }
 
@@ -124,7 +133,58 @@ pub(crate) async fn gather_read_model(
     asked: QueryKind,
 ) -> Result<Gathered, QueryError> {
     let answers = nodes.read_models(name, tenant, range).await;
+    let (kind, mut merged, freshness) = merge_answers(name, asked, answers, 1)?;
+    Ok(Gathered {
+        kind,
+        read_model: merged.pop().flatten(),
+        freshness,
+    })
+}
 
+/// The merged read models of one projection per step of a series, and their freshness.
+#[derive(Debug)]
+pub(crate) struct GatheredSeries {
+    pub kind: Kind,
+    /// One per step, in order; `None` where no answering node holds a bucket of the step.
+    pub steps: Vec<Option<ReadModel>>,
+    pub freshness: Freshness,
+}
+
+/// Asks every node for the read models of `name` for `tenant` per `step` over `[from, to)`
+/// and merges them step by step.
+pub(crate) async fn gather_series(
+    nodes: &ProjectorNodes,
+    name: &str,
+    tenant: &str,
+    series: SeriesRange,
+    asked: QueryKind,
+) -> Result<GatheredSeries, QueryError> {
+    let answers = nodes.read_model_series(name, tenant, series).await;
+    let (kind, steps, freshness) = merge_answers(name, asked, answers, series.steps())?;
+    Ok(GatheredSeries {
+        kind,
+        steps,
+        freshness,
+    })
+}
+
+/// A node answer that carries read models: one for a range, one per step for a series.
+pub(crate) trait ModelsBody {
+    fn kind(&self) -> &str;
+    fn partition_count(&self) -> Option<i32>;
+    fn partitions(&self) -> &[NodePartition];
+    /// The encoded read model of every slot, in order.
+    fn encoded(&self) -> Vec<Option<&str>>;
+}
+
+/// Merges the answers of every node slot by slot into `slots` read models, with the freshness
+/// of the partitions the answering nodes hold.
+fn merge_answers<B: ModelsBody>(
+    name: &str,
+    asked: QueryKind,
+    answers: Vec<NodeAnswer<B>>,
+    slots: usize,
+) -> Result<(Kind, Vec<Option<ReadModel>>, Freshness), QueryError> {
     let mut reached = Vec::new();
     let mut unknown = Vec::new();
     let mut failed = Vec::new();
@@ -146,18 +206,17 @@ pub(crate) async fn gather_read_model(
     // and the partitions of the latter are missing from this answer.
     failed.extend(unknown);
 
-    let kind =
-        agreed_kind(name, reached.iter().map(|(_, body)| body.kind.as_str())).and_then(|kind| {
-            if kind == asked.projection_kind() {
-                return Ok(kind);
-            }
-            Err(QueryError::UnsupportedQuery {
-                name: name.into(),
-                kind: kind.to_string(),
-                asked: asked.as_str(),
-                supported: supported_queries(kind),
-            })
-        });
+    let kind = agreed_kind(name, reached.iter().map(|(_, body)| body.kind())).and_then(|kind| {
+        if asked.answered_by(kind) {
+            return Ok(kind);
+        }
+        Err(QueryError::UnsupportedQuery {
+            name: name.into(),
+            kind: kind.to_string(),
+            asked: asked.as_str(),
+            supported: supported_queries(kind),
+        })
+    });
     let kind = match kind {
         Ok(kind) => kind,
         Err(error) => {
@@ -166,20 +225,46 @@ pub(crate) async fn gather_read_model(
         }
     };
 
-    let mut models = Vec::new();
+    let mut merged: Vec<Option<ReadModel>> = (0..slots).map(|_| None).collect();
     let mut partitions = Vec::new();
     let mut partition_count = None;
     let mut decoded = 0;
     for (node, body) in reached {
-        match decode(body.read_model.as_deref(), kind) {
-            Ok(model) => {
-                decoded += 1;
-                models.extend(model);
-                partition_count = partition_count.max(body.partition_count);
-                partitions.extend(body.partitions.iter().map(|p| (node.clone(), p.clone())));
-            }
-            Err(failure) => failed.push((node, failure)),
+        let encoded = body.encoded();
+        if encoded.len() != slots {
+            failed.push((
+                node,
+                NodeFailure::InvalidBody(format!(
+                    "{} read models where {slots} were asked",
+                    encoded.len()
+                )),
+            ));
+            continue;
         }
+        let models: Result<Vec<Option<ReadModel>>, NodeFailure> =
+            encoded.into_iter().map(|e| decode(e, kind)).collect();
+        let models = match models {
+            Ok(models) => models,
+            Err(failure) => {
+                failed.push((node, failure));
+                continue;
+            }
+        };
+        decoded += 1;
+        for (slot, model) in merged.iter_mut().zip(models) {
+            let Some(model) = model else { continue };
+            match slot {
+                None => *slot = Some(model),
+                Some(into) => into
+                    .merge(&model)
+                    .map_err(|e| QueryError::ProjectorsDisagree {
+                        name: name.into(),
+                        reason: format!("their read models do not merge: {e}"),
+                    })?,
+            }
+        }
+        partition_count = partition_count.max(body.partition_count());
+        partitions.extend(body.partitions().iter().map(|p| (node.clone(), p.clone())));
     }
     record_failures(&failed);
     if decoded == 0 {
@@ -191,27 +276,7 @@ pub(crate) async fn gather_read_model(
         failed.iter().map(|(node, _)| node.clone()).collect(),
     );
     refuse_overlap(&freshness)?;
-
-    let mut models = models.into_iter();
-    let read_model = match models.next() {
-        None => None,
-        Some(mut merged) => {
-            for model in models {
-                merged
-                    .merge(&model)
-                    .map_err(|e| QueryError::ProjectorsDisagree {
-                        name: name.into(),
-                        reason: format!("their read models do not merge: {e}"),
-                    })?;
-            }
-            Some(merged)
-        }
-    };
-    Ok(Gathered {
-        kind,
-        read_model,
-        freshness,
-    })
+    Ok((kind, merged, freshness))
 }
 
 /// Asks every node for its projections and partitions.

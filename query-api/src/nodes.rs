@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use crate::config::{ConfigError, NodeUrl};
-use crate::params::TimeRange;
+use crate::params::{SeriesRange, TimeRange};
 use crate::telemetry::PROJECTOR_ERRORS_TOTAL;
 
 /// The configured projector nodes and the client that calls them.
@@ -102,6 +102,58 @@ pub(crate) struct ReadModelBody {
     pub read_model: Option<String>,
 }
 
+impl crate::gather::ModelsBody for ReadModelBody {
+    fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    fn partition_count(&self) -> Option<i32> {
+        self.partition_count
+    }
+
+    fn partitions(&self) -> &[NodePartition] {
+        &self.partitions
+    }
+
+    fn encoded(&self) -> Vec<Option<&str>> {
+        vec![self.read_model.as_deref()]
+    }
+}
+
+/// `GET /internal/v1/read-models/{projection}/series`.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct SeriesBody {
+    pub kind: String,
+    #[serde(default)]
+    pub partition_count: Option<i32>,
+    pub partitions: Vec<NodePartition>,
+    pub steps: Vec<SeriesStepBody>,
+}
+
+/// One step of a node's series.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct SeriesStepBody {
+    pub read_model: Option<String>,
+}
+
+impl crate::gather::ModelsBody for SeriesBody {
+    fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    fn partition_count(&self) -> Option<i32> {
+        self.partition_count
+    }
+
+    fn partitions(&self) -> &[NodePartition] {
+        &self.partitions
+    }
+
+    fn encoded(&self) -> Vec<Option<&str>> {
+        self.steps.iter().map(|s| s.read_model.as_deref()).collect()
+    }
+}
+
 #[derive(Deserialize)]
 struct NodeErrorBody {
     error: NodeErrorDetail,
@@ -159,6 +211,28 @@ impl ProjectorNodes {
                     query.append_pair("to", &to.to_string());
                 }
             }
+            url
+        })
+        .await
+    }
+
+    /// Every node's read models of `projection` for `tenant`, merged per step of `series`.
+    pub async fn read_model_series(
+        &self,
+        projection: &str,
+        tenant: &str,
+        series: SeriesRange,
+    ) -> Vec<NodeAnswer<SeriesBody>> {
+        self.get_all(|base| {
+            let mut url = endpoint(
+                base,
+                &["internal", "v1", "read-models", projection, "series"],
+            );
+            url.query_pairs_mut()
+                .append_pair("tenant", tenant)
+                .append_pair("from", &series.from.to_string())
+                .append_pair("to", &series.to.to_string())
+                .append_pair("step", &series.step.to_string());
             url
         })
         .await

@@ -26,6 +26,25 @@ pub(crate) struct TimeRange {
     pub to: Option<i64>,
 }
 
+/// A series: `[from, to)` cut into steps of `step` milliseconds, `from` and `to` multiples of
+/// `step` (steps start at the epoch, so `1d` steps start at UTC midnight).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SeriesRange {
+    pub from: i64,
+    pub to: i64,
+    pub step: i64,
+}
+
+impl SeriesRange {
+    /// The number of steps.
+    pub fn steps(self) -> usize {
+        ((self.to - self.from) / self.step) as usize
+    }
+}
+
+/// Most steps one series may have: more would be one point per pixel or less.
+pub(crate) const MAX_SERIES_STEPS: i64 = 2_000;
+
 /// How many top items may be asked for at most.
 pub(crate) const MAX_TOP_K: u32 = 1_000;
 /// How many top items are returned when `k` is not given.
@@ -66,8 +85,13 @@ impl Params {
 
     /// `k` for top queries: 1 to [`MAX_TOP_K`], [`DEFAULT_TOP_K`] when absent.
     pub fn top_k(&self) -> Result<u32, QueryError> {
+        self.top_k_or(DEFAULT_TOP_K)
+    }
+
+    /// `k`: 1 to [`MAX_TOP_K`], `default` when absent.
+    pub fn top_k_or(&self, default: u32) -> Result<u32, QueryError> {
         let Some(raw) = self.values.get("k") else {
-            return Ok(DEFAULT_TOP_K);
+            return Ok(default);
         };
         let invalid = || QueryError::InvalidParameter {
             name: "k",
@@ -78,6 +102,53 @@ impl Params {
             return Err(invalid());
         }
         Ok(k)
+    }
+
+    /// `from`, `to` and `step` of a series: all required; `from` is moved back and `to` forward
+    /// to the nearest multiples of `step`, which must be a whole number of `bucket_ms`.
+    pub fn series_range(&self, bucket_ms: i64) -> Result<SeriesRange, QueryError> {
+        let range = self.time_range()?;
+        let from = range.from.ok_or(QueryError::MissingParameter("from"))?;
+        let to = range.to.ok_or(QueryError::MissingParameter("to"))?;
+        let raw = self
+            .values
+            .get("step")
+            .ok_or(QueryError::MissingParameter("step"))?;
+        let step = parse_step(raw).map_err(|reason| QueryError::InvalidParameter {
+            name: "step",
+            reason,
+        })?;
+        if step % bucket_ms != 0 {
+            return Err(QueryError::InvalidParameter {
+                name: "step",
+                reason: format!(
+                    "{raw:?} is not a whole number of the projection's buckets ({}); use a \
+                     multiple of it",
+                    describe_ms(bucket_ms)
+                ),
+            });
+        }
+        let too_wide = || QueryError::InvalidParameter {
+            name: "step",
+            reason: format!(
+                "from..to holds more than {MAX_SERIES_STEPS} steps of {raw}: widen the step or \
+                 narrow the range"
+            ),
+        };
+        let from = from
+            .div_euclid(step)
+            .checked_mul(step)
+            .ok_or_else(too_wide)?;
+        let to = to
+            .checked_add(step - 1)
+            .map(|t| t.div_euclid(step) * step)
+            .ok_or_else(too_wide)?;
+        let to = to.max(from + step);
+        let steps = to.checked_sub(from).ok_or_else(too_wide)? / step;
+        if steps > MAX_SERIES_STEPS {
+            return Err(too_wide());
+        }
+        Ok(SeriesRange { from, to, step })
     }
 
     /// `item` for count and contains queries: required, taken as given (it may be empty).
@@ -96,6 +167,41 @@ impl Params {
                 .map_err(|reason| QueryError::InvalidParameter { name, reason }),
         }
     }
+}
+
+/// Parses a step: a whole number followed by `m`, `h` or `d` (`15m`, `1h`, `7d`), at least a
+/// minute and at most 366 days.
+pub(crate) fn parse_step(raw: &str) -> Result<i64, String> {
+    let raw = raw.trim();
+    let invalid =
+        || format!("{raw:?} is not a step such as 15m, 1h or 1d (minutes, hours or days)");
+    let unit = match raw.chars().last() {
+        Some('m') => 60_000,
+        Some('h') => 3_600_000,
+        Some('d') => 86_400_000,
+        _ => return Err(invalid()),
+    };
+    let count: i64 = raw[..raw.len() - 1].parse().map_err(|_| invalid())?;
+    let step = count.checked_mul(unit).ok_or_else(invalid)?;
+    if !(60_000..=366 * 86_400_000).contains(&step) {
+        return Err(format!("{raw:?} is outside 1m to 366d"));
+    }
+    Ok(step)
+}
+
+/// `3600000` as `1h`, for messages.
+pub(crate) fn describe_ms(ms: i64) -> String {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
 }
 
 /// Parses epoch milliseconds or an RFC 3339 timestamp into epoch milliseconds.

@@ -50,6 +50,10 @@ struct ProjectionName(String);
 const WINDOW_PARAMS: &[&str] = &["from", "to"];
 const TOP_PARAMS: &[&str] = &["k", "from", "to"];
 const ITEM_PARAMS: &[&str] = &["item", "from", "to"];
+const SERIES_PARAMS: &[&str] = &["from", "to", "step", "k"];
+
+/// Top items per step of a series when `k` is not given.
+const DEFAULT_SERIES_TOP_K: u32 = 5;
 
 /// Longest projection name; names are `[a-z0-9_-]` like in the projection file.
 const MAX_PROJECTION_NAME_LEN: usize = 64;
@@ -123,6 +127,60 @@ struct Membership {
     over_capacity: bool,
 }
 
+/// `GET /v1/projections/{name}/series`.
+#[derive(Serialize)]
+struct SeriesAnswer {
+    projection: String,
+    tenant: String,
+    kind: Kind,
+    /// Epoch ms of the first step's start and of the last step's end.
+    from: i64,
+    to: i64,
+    step_ms: i64,
+    points: Vec<SeriesPoint>,
+    /// The whole range as one window: for a distinct projection, the estimate of the union of
+    /// every step (never the sum of the steps' estimates, which counts a key once per step).
+    total: SeriesTotal,
+    freshness: Freshness,
+}
+
+#[derive(Serialize)]
+struct SeriesPoint {
+    start: i64,
+    end: i64,
+    /// Exact number of values folded into the step.
+    events: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    distinct: Option<DistinctEstimate>,
+    /// Distinct keys of the step not seen in any earlier step of the range.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    new: Option<Derived>,
+    /// Distinct keys of the step also seen in an earlier step of the range.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    returning: Option<Derived>,
+    /// The step's most frequent values (top projections; `k` of them).
+    #[serde(skip_serializing_if = "Option::is_none", flatten)]
+    top: Option<TopList>,
+}
+
+#[derive(Serialize)]
+struct SeriesTotal {
+    events: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    distinct: Option<DistinctEstimate>,
+    #[serde(skip_serializing_if = "Option::is_none", flatten)]
+    top: Option<TopList>,
+}
+
+/// A count derived from distinct estimates by inclusion and exclusion, with the interval that
+/// follows from their intervals (wider than theirs: differences add their errors).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+struct Derived {
+    estimate: f64,
+    lower_bound: f64,
+    upper_bound: f64,
+}
+
 #[derive(Serialize)]
 struct Health {
     status: &'static str,
@@ -147,6 +205,7 @@ pub(crate) fn build(
         .route("/v1/projections/{name}/top", get(top))
         .route("/v1/projections/{name}/count", get(count))
         .route("/v1/projections/{name}/contains", get(contains))
+        .route("/v1/projections/{name}/series", get(series))
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))
         .fallback(not_found)
@@ -347,15 +406,123 @@ async fn gather(
     range: TimeRange,
     asked: QueryKind,
 ) -> Result<Gathered, QueryError> {
+    check_name(name)?;
+    gather::gather_read_model(&state.inner.nodes, name, tenant, range, asked).await
+}
+
+async fn series(
+    State(state): State<AppState>,
+    CallerTenant(tenant): CallerTenant,
+    ProjectionName(name): ProjectionName,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<SeriesAnswer>, QueryError> {
+    let params = Params::new(query_pairs(query)?, SERIES_PARAMS)?;
+    check_name(&name)?;
+    let bucket_ms = bucket_of(&state, &name).await?;
+    let range = params.series_range(bucket_ms)?;
+    let k = params.top_k_or(DEFAULT_SERIES_TOP_K)?;
+    let gathered =
+        gather::gather_series(&state.inner.nodes, &name, &tenant, range, QueryKind::Series).await?;
+    let kind = gathered.kind;
+    let mut points = Vec::with_capacity(gathered.steps.len());
+    let mut total: Option<ReadModel> = None;
+    for (index, model) in gathered.steps.into_iter().enumerate() {
+        let start = range.from + index as i64 * range.step;
+        let model = model.unwrap_or_else(|| empty_read_model(kind));
+        let before = total.as_ref().and_then(ReadModel::distinct);
+        match total.as_mut() {
+            None => total = Some(model.clone()),
+            Some(total) => total
+                .merge(&model)
+                .map_err(|e| QueryError::ProjectorsDisagree {
+                    name: name.clone(),
+                    reason: format!("the steps' read models do not merge: {e}"),
+                })?,
+        }
+        let distinct = model.distinct();
+        let (new, returning) = match (
+            &distinct,
+            before,
+            total.as_ref().and_then(ReadModel::distinct),
+        ) {
+            (Some(step), before, Some(after)) => {
+                let before = before.unwrap_or(DistinctEstimate {
+                    estimate: 0.0,
+                    lower_bound: 0.0,
+                    upper_bound: 0.0,
+                    confidence: after.confidence,
+                });
+                let new = Derived {
+                    estimate: (after.estimate - before.estimate).clamp(0.0, step.estimate),
+                    lower_bound: (after.lower_bound - before.upper_bound).max(0.0),
+                    upper_bound: (after.upper_bound - before.lower_bound)
+                        .clamp(0.0, step.upper_bound),
+                };
+                let returning = Derived {
+                    estimate: (step.estimate - new.estimate).max(0.0),
+                    lower_bound: (step.lower_bound - new.upper_bound).max(0.0),
+                    upper_bound: (step.upper_bound - new.lower_bound).max(0.0),
+                };
+                (Some(new), Some(returning))
+            }
+            _ => (None, None),
+        };
+        points.push(SeriesPoint {
+            start,
+            end: start + range.step,
+            events: model.events(),
+            distinct,
+            new,
+            returning,
+            top: model.top(k as usize),
+        });
+    }
+    let total = total.unwrap_or_else(|| empty_read_model(kind));
+    Ok(Json(SeriesAnswer {
+        projection: name,
+        tenant,
+        kind,
+        from: range.from,
+        to: range.to,
+        step_ms: range.step,
+        points,
+        total: SeriesTotal {
+            events: total.events(),
+            distinct: total.distinct(),
+            top: total.top(k as usize),
+        },
+        freshness: gathered.freshness,
+    }))
+}
+
+/// Names are `[a-z0-9_-]{1,64}`; anything else cannot be a projection.
+fn check_name(name: &str) -> Result<(), QueryError> {
     let well_formed = !name.is_empty()
         && name.len() <= MAX_PROJECTION_NAME_LEN
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if !well_formed {
-        return Err(QueryError::UnknownProjection { name: name.into() });
+    if well_formed {
+        Ok(())
+    } else {
+        Err(QueryError::UnknownProjection { name: name.into() })
     }
-    gather::gather_read_model(&state.inner.nodes, name, tenant, range, asked).await
+}
+
+/// The bucket width of projection `name`, from the first node that lists it.
+async fn bucket_of(state: &AppState, name: &str) -> Result<i64, QueryError> {
+    let status = gather::gather_status(&state.inner.nodes).await?;
+    status
+        .projections
+        .iter()
+        .find(|p| p.name == name)
+        .and_then(|p| {
+            p.details
+                .get("bucket_ms")
+                .and_then(serde_json::Value::as_i64)
+        })
+        .filter(|&bucket| bucket > 0)
+        .ok_or_else(|| QueryError::UnknownProjection { name: name.into() })
 }
 
 /// The merged read model, or, when no node holds any bucket of the tenant in the window, an
