@@ -18,6 +18,7 @@
 //! `query_api_tenant_reloads_total{result}`.
 
 mod config;
+mod dashboard;
 mod error;
 mod gather;
 mod nodes;

@@ -208,6 +208,7 @@ pub(crate) fn build(
         .route("/v1/projections/{name}/series", get(series))
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))
+        .merge(crate::dashboard::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(telemetry::track_request))
