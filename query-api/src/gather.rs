@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use readmodel::{Kind, ReadModel};
 
+use crate::cache::{ModelCache, offsets_version};
 use crate::error::QueryError;
 use crate::nodes::{NodeAnswer, NodeFailure, NodePartition, ProjectionInfo, ProjectorNodes};
 use crate::params::{SeriesRange, TimeRange};
@@ -139,6 +140,63 @@ pub(crate) async fn gather_read_model(
         read_model: merged.pop().flatten(),
         freshness,
     })
+}
+
+/// [`gather_read_model`] through `cache`: the nodes' positions are read first, and while no
+/// partition moved since a window was merged, the merge is taken from the cache.
+pub(crate) async fn gather_read_model_cached(
+    nodes: &ProjectorNodes,
+    cache: &ModelCache,
+    name: &str,
+    tenant: &str,
+    range: TimeRange,
+    asked: QueryKind,
+) -> Result<Gathered, QueryError> {
+    let positions = nodes.partitions().await;
+    let Some(version) = offsets_version(&positions) else {
+        return gather_read_model(nodes, name, tenant, range, asked).await;
+    };
+    if let Some(hit) = cache.get(tenant, name, range, version) {
+        if !asked.answered_by(hit.kind) {
+            return Err(QueryError::UnsupportedQuery {
+                name: name.into(),
+                kind: hit.kind.to_string(),
+                asked: asked.as_str(),
+                supported: supported_queries(hit.kind),
+            });
+        }
+        let mut partitions = Vec::new();
+        let mut partition_count = None;
+        for answer in positions {
+            if let Ok(body) = answer.result {
+                partition_count = partition_count.max(body.partition_count);
+                partitions.extend(
+                    body.partitions
+                        .into_iter()
+                        .map(|p| (answer.node.clone(), p)),
+                );
+            }
+        }
+        let freshness = freshness(partitions, partition_count, Vec::new());
+        refuse_overlap(&freshness)?;
+        return Ok(Gathered {
+            kind: hit.kind,
+            read_model: hit.read_model.clone(),
+            freshness,
+        });
+    }
+    let gathered = gather_read_model(nodes, name, tenant, range, asked).await?;
+    if gathered.freshness.nodes_unreachable.is_empty() {
+        cache.put(
+            tenant,
+            name,
+            range,
+            version,
+            gathered.kind,
+            gathered.read_model.clone(),
+        );
+    }
+    Ok(gathered)
 }
 
 /// The merged read models of one projection per step of a series, and their freshness.

@@ -17,6 +17,7 @@
 //! refused new version leaves the previous one in force. Reloads are counted in
 //! `query_api_tenant_reloads_total{result}`.
 
+mod cache;
 mod config;
 mod dashboard;
 mod error;

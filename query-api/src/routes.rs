@@ -21,6 +21,7 @@ use readmodel::{
 };
 use schemas::tenant::SharedTenants;
 
+use crate::cache::ModelCache;
 use crate::error::QueryError;
 use crate::gather::{self, Freshness, Gathered, QueryKind};
 use crate::nodes::{ProjectionInfo, ProjectorNodes};
@@ -36,6 +37,7 @@ pub(crate) struct AppState {
 struct Shared {
     tenants: SharedTenants,
     nodes: ProjectorNodes,
+    cache: ModelCache,
     metrics: PrometheusHandle,
 }
 
@@ -196,6 +198,7 @@ pub(crate) fn build(
         inner: Arc::new(Shared {
             tenants,
             nodes,
+            cache: ModelCache::new(),
             metrics,
         }),
     };
@@ -408,7 +411,15 @@ async fn gather(
     asked: QueryKind,
 ) -> Result<Gathered, QueryError> {
     check_name(name)?;
-    gather::gather_read_model(&state.inner.nodes, name, tenant, range, asked).await
+    gather::gather_read_model_cached(
+        &state.inner.nodes,
+        &state.inner.cache,
+        name,
+        tenant,
+        range,
+        asked,
+    )
+    .await
 }
 
 async fn series(

@@ -65,6 +65,16 @@ pub(crate) fn describe_metrics() {
         Unit::Count,
         "calls to projector nodes that gave no usable answer, by node and reason"
     );
+    describe_counter!(
+        crate::cache::CACHE_HITS_TOTAL,
+        Unit::Count,
+        "range queries answered from a cached merge of the nodes' read models"
+    );
+    describe_counter!(
+        crate::cache::CACHE_MISSES_TOTAL,
+        Unit::Count,
+        "range queries that asked the nodes for their read models"
+    );
 }
 
 /// Middleware: counts and times the request under its route template.

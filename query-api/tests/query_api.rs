@@ -48,6 +48,8 @@ struct FakeNode {
     delay: Option<Duration>,
     /// Query strings of every read-model call, as received.
     seen: Arc<Mutex<Vec<HashMap<String, String>>>>,
+    /// Added to every partition's next offset: raising it is the node folding more records.
+    folded: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// The projections every fake node knows.
@@ -81,7 +83,8 @@ impl FakeNode {
                 let known = p != 9;
                 json!({
                     "partition": p,
-                    "next_offset": 100 + i64::from(p),
+                    "next_offset": 100 + i64::from(p)
+                        + self.folded.load(std::sync::atomic::Ordering::Relaxed),
                     "high_watermark": known.then(|| 100 + i64::from(p) * 11),
                     "lag": known.then(|| i64::from(p) * 10),
                     "last_event_ms": if p == 0 { Value::Null } else { json!(1_431_857_103_000_i64) },
@@ -466,6 +469,40 @@ async fn test_tenant_comes_from_the_key_only() {
 }
 
 #[tokio::test]
+#[tokio::test]
+async fn test_a_window_is_merged_once_until_a_partition_moves() {
+    let mut model = ReadModel::new(&SketchParams::default_for(Kind::Membership)).unwrap();
+    model.update("alice");
+    let node = FakeNode::new("projector-1", &[0, 1]).with_model("acme", "seen_users", &model);
+    let (seen, folded) = (node.seen.clone(), node.folded.clone());
+    let api = start_query_api(vec![node.start().await]).await;
+    let ask = |item: &str| format!("{api}/v1/projections/seen_users/contains?item={item}");
+
+    let (status, body) = get_json(&ask("alice"), Some(ACME_KEY)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["maybe_present"], true);
+    // Other items of the same window, present or never seen: answered from the cached filter.
+    let (_, body) = get_json(&ask("bob"), Some(ACME_KEY)).await;
+    assert_eq!(body["maybe_present"], false);
+    assert_eq!(body["freshness"]["partitions"][0]["next_offset"], 100);
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "the second lookup asked the node again"
+    );
+    // Another tenant is another entry.
+    get_json(&ask("alice"), Some(GLOBEX_KEY)).await;
+    assert_eq!(seen.lock().unwrap().len(), 2);
+
+    // The node folds more: the cached merge is not used any more, and freshness moves.
+    folded.store(5, std::sync::atomic::Ordering::Relaxed);
+    let (_, body) = get_json(&ask("alice"), Some(ACME_KEY)).await;
+    assert_eq!(seen.lock().unwrap().len(), 3);
+    assert_eq!(body["freshness"]["partitions"][0]["next_offset"], 105);
+    get_json(&ask("carol"), Some(ACME_KEY)).await;
+    assert_eq!(seen.lock().unwrap().len(), 3);
+}
+
 async fn test_window_is_forwarded_in_epoch_ms() {
     let node = FakeNode::new("projector-1", &[0]);
     let seen = node.seen.clone();
