@@ -9,6 +9,7 @@
 //! projector_urls = ["http://127.0.0.1:8082"]
 //! tenants_file = "deploy/tenants.toml"
 //! projector_timeout_ms = 2000
+//! cors_allowed_origins = ["https://dash.example.com"]
 //! ```
 
 use std::net::SocketAddr;
@@ -32,6 +33,10 @@ pub struct Config {
     /// How long one call to one projector node may take before that node counts as unreachable.
     #[serde(default = "default_projector_timeout_ms")]
     pub projector_timeout_ms: u64,
+    /// Browser origins (`scheme://host[:port]`) allowed to call the API cross-origin, or `"*"`
+    /// for any; empty (the default) answers no CORS request.
+    #[serde(default)]
+    pub cors_allowed_origins: Vec<String>,
 }
 
 /// Why a configuration was refused.
@@ -50,6 +55,11 @@ pub enum ConfigError {
     ProjectorUrl { url: String, reason: String },
     #[error("projector_timeout_ms must be at least 1")]
     ZeroTimeout,
+    #[error(
+        "cors_allowed_origins entry {origin:?} is not an origin: write it as scheme://host[:port] \
+         with no path, like \"https://dash.example.com\", or \"*\" alone for any origin"
+    )]
+    CorsOrigin { origin: String },
     #[error("cannot build the http client for projector nodes: {0}")]
     HttpClient(String),
 }
@@ -100,7 +110,35 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.node_urls()?;
         self.projector_timeout()?;
+        self.cors_origins()?;
         Ok(())
+    }
+
+    /// The CORS origins, checked: `None` for any origin (`"*"`), else the exact origins (maybe
+    /// none).
+    pub(crate) fn cors_origins(&self) -> Result<Option<Vec<axum::http::HeaderValue>>, ConfigError> {
+        let wildcard = self.cors_allowed_origins.iter().any(|o| o == "*");
+        if wildcard {
+            if self.cors_allowed_origins.len() > 1 {
+                return Err(ConfigError::CorsOrigin { origin: "*".into() });
+            }
+            return Ok(None);
+        }
+        let mut origins = Vec::with_capacity(self.cors_allowed_origins.len());
+        for raw in &self.cors_allowed_origins {
+            let invalid = || ConfigError::CorsOrigin {
+                origin: raw.clone(),
+            };
+            // A browser sends the origin serialised exactly so; anything else would never match.
+            let url = Url::parse(raw).map_err(|_| invalid())?;
+            if !matches!(url.scheme(), "http" | "https")
+                || url.origin().ascii_serialization() != *raw
+            {
+                return Err(invalid());
+            }
+            origins.push(axum::http::HeaderValue::from_str(raw).map_err(|_| invalid())?);
+        }
+        Ok(Some(origins))
     }
 
     /// The projector timeout as a [`Duration`].
@@ -210,9 +248,30 @@ mod tests {
             Err(ConfigError::ZeroTimeout)
         ));
 
+        for bad in [
+            "dash.example.com",
+            "https://dash.example.com/",
+            "ftp://a",
+            "https://a/x",
+        ] {
+            let cors = format!(
+                "{base}projector_urls = [\"http://a:1\"]\ncors_allowed_origins = [\"{bad}\"]\n"
+            );
+            let err = Config::from_toml(&cors).unwrap_err().to_string();
+            assert!(err.contains("scheme://host[:port]"), "{bad}: {err}");
+        }
+        let mixed = format!(
+            "{base}projector_urls = [\"http://a:1\"]\ncors_allowed_origins = [\"*\", \"https://a\"]\n"
+        );
+        assert!(matches!(
+            Config::from_toml(&mixed),
+            Err(ConfigError::CorsOrigin { .. })
+        ));
+
         let prefixed = format!("{base}projector_urls = [\"http://a:1/projector\"]\n");
         let config = Config::from_toml(&prefixed).unwrap();
         assert_eq!(config.projector_timeout_ms, 2_000);
+        assert!(config.cors_allowed_origins.is_empty(), "no CORS by default");
         assert_eq!(
             config.node_urls().unwrap()[0].base.as_str(),
             "http://a:1/projector/"

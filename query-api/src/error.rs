@@ -61,6 +61,8 @@ pub enum QueryError {
     PartitionOverlap { partition: i32, nodes: String },
     #[error("projector nodes disagree about projection {name:?}: {reason}")]
     ProjectorsDisagree { name: String, reason: String },
+    #[error("the answer could not be sent: {0}; retry, and see the query api log")]
+    Internal(String),
 }
 
 #[derive(Serialize)]
@@ -93,6 +95,7 @@ impl QueryError {
             QueryError::ProjectorsUnavailable { .. } => "projectors_unavailable",
             QueryError::PartitionOverlap { .. } => "partition_overlap",
             QueryError::ProjectorsDisagree { .. } => "projectors_disagree",
+            QueryError::Internal(_) => "internal",
         }
     }
 
@@ -113,6 +116,7 @@ impl QueryError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             QueryError::ProjectorsDisagree { .. } => StatusCode::BAD_GATEWAY,
+            QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

@@ -22,6 +22,7 @@ mod config;
 mod dashboard;
 mod error;
 mod gather;
+mod http;
 mod nodes;
 mod params;
 mod routes;
@@ -63,7 +64,7 @@ pub fn router(
     metrics: PrometheusHandle,
 ) -> Result<Router, ConfigError> {
     let nodes = nodes::ProjectorNodes::new(config.node_urls()?, config.projector_timeout()?)?;
-    Ok(routes::build(tenants.into(), nodes, metrics))
+    http::wrap(routes::build(tenants.into(), nodes, metrics), config)
 }
 
 /// Serves the query API on `listener` until `shutdown` completes, then finishes the requests in

@@ -212,6 +212,7 @@ pub(crate) fn build(
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))
         .merge(crate::dashboard::router())
+        .route("/openapi.json", get(openapi_document))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(telemetry::track_request))
@@ -348,6 +349,17 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.inner.metrics.render(),
+    )
+        .into_response()
+}
+
+/// The OpenAPI document of this API, `query-api/openapi.json`, embedded at build time.
+pub(crate) const OPENAPI_DOCUMENT: &str = include_str!("../openapi.json");
+
+async fn openapi_document() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        OPENAPI_DOCUMENT,
     )
         .into_response()
 }

@@ -103,6 +103,10 @@ impl FakeNode {
                 "/internal/v1/read-models/{projection}",
                 get(fake_read_model),
             )
+            .route(
+                "/internal/v1/read-models/{projection}/series",
+                get(fake_series),
+            )
             .with_state(node);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -147,6 +151,36 @@ async fn fake_read_model(
         "kind": kind,
         "partitions": node.partition_json(),
         "read_model": model,
+    }))
+    .into_response()
+}
+
+/// A series whose every step holds the node's whole read model of the projection.
+async fn fake_series(
+    State(node): State<Arc<FakeNode>>,
+    Path(projection): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let Some((_, kind)) = PROJECTIONS.iter().find(|(name, _)| *name == projection) else {
+        let error =
+            json!({"error": {"code": "unknown_projection", "message": "no such projection"}});
+        return (StatusCode::NOT_FOUND, Json(error)).into_response();
+    };
+    let number = |name: &str| {
+        params
+            .get(name)
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    let steps = (number("to") - number("from")) / number("step").max(1);
+    let tenant = params.get("tenant").cloned().unwrap_or_default();
+    let model = node.models.get(&(tenant, projection.clone()));
+    let steps: Vec<Value> = (0..steps).map(|_| json!({"read_model": model})).collect();
+    Json(json!({
+        "projection": projection,
+        "kind": kind,
+        "partitions": node.partition_json(),
+        "steps": steps,
     }))
     .into_response()
 }
@@ -201,6 +235,7 @@ fn config(projector_urls: Vec<String>, projector_timeout_ms: u64) -> Config {
         projector_urls,
         tenants_file: "unused-in-router-tests.toml".into(),
         projector_timeout_ms,
+        cors_allowed_origins: Vec::new(),
     }
 }
 
@@ -469,7 +504,6 @@ async fn test_tenant_comes_from_the_key_only() {
 }
 
 #[tokio::test]
-#[tokio::test]
 async fn test_a_window_is_merged_once_until_a_partition_moves() {
     let mut model = ReadModel::new(&SketchParams::default_for(Kind::Membership)).unwrap();
     model.update("alice");
@@ -503,6 +537,7 @@ async fn test_a_window_is_merged_once_until_a_partition_moves() {
     assert_eq!(seen.lock().unwrap().len(), 3);
 }
 
+#[tokio::test]
 async fn test_window_is_forwarded_in_epoch_ms() {
     let node = FakeNode::new("projector-1", &[0]);
     let seen = node.seen.clone();
@@ -970,4 +1005,259 @@ fn config_with_missing_tenants() -> Config {
     let mut config = config(vec![], 2_000);
     config.tenants_file = "/nonexistent/query-api/tenants.toml".into();
     config
+}
+
+/// The OpenAPI document the API serves, parsed.
+fn openapi_document() -> Value {
+    serde_json::from_str(include_str!("../openapi.json")).expect("openapi.json is JSON")
+}
+
+/// Resolves a local `#/...` reference of the document.
+fn resolve<'a>(document: &'a Value, node: &'a Value) -> &'a Value {
+    match node["$ref"].as_str() {
+        Some(reference) => {
+            let pointer = reference
+                .strip_prefix('#')
+                .unwrap_or_else(|| panic!("only local references: {reference}"));
+            document
+                .pointer(pointer)
+                .unwrap_or_else(|| panic!("{reference} is not in the document"))
+        }
+        None => node,
+    }
+}
+
+/// Checks `body` against the JSON schema the document gives for `status` of `GET template`
+/// (or, with `template` `None`, for the shared response `component`).
+fn assert_conforms(document: &Value, response: &Value, status: u16, body: &Value, what: &str) {
+    let response = resolve(document, response);
+    let schema = &response["content"]["application/json"]["schema"];
+    assert!(
+        schema.is_object(),
+        "{what}: the document gives no JSON schema for {status}"
+    );
+    let root = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "components": document["components"],
+        "allOf": [schema],
+    });
+    let validator = jsonschema::draft202012::new(&root)
+        .unwrap_or_else(|e| panic!("{what}: the schema does not compile: {e}"));
+    let errors: Vec<String> = validator
+        .iter_errors(body)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{what} ({status}) drifted from openapi.json:\n{}\nbody: {body}",
+        errors.join("\n")
+    );
+}
+
+/// GETs `path_and_query` and checks the answer against the document's response for its status.
+async fn check_against_document(
+    document: &Value,
+    api: &str,
+    template: &str,
+    path_and_query: &str,
+    key: Option<&str>,
+    expected: StatusCode,
+) -> Value {
+    let (status, body) = get_json(&format!("{api}{path_and_query}"), key).await;
+    assert_eq!(status, expected, "{path_and_query}: {body}");
+    let operation = &document["paths"][template]["get"];
+    assert!(operation.is_object(), "{template} is not in openapi.json");
+    let response = &operation["responses"][status.as_str()];
+    assert!(
+        response.is_object(),
+        "openapi.json lists no {status} for GET {template}"
+    );
+    assert_conforms(document, response, status.as_u16(), &body, path_and_query);
+    body
+}
+
+#[tokio::test]
+async fn test_every_answer_matches_the_openapi_document() {
+    let document = openapi_document();
+    let node = FakeNode::new("projector-1", &[0, 1, 9])
+        .with_model("acme", "visitors", &distinct_model(users(0..300)))
+        .with_model("acme", "pages", &top_model(&[("/home", 30), ("/docs", 4)]))
+        .with_model("acme", "seen_users", &membership_model(&["alice"]))
+        .start()
+        .await;
+    let api = start_query_api(vec![node, dead_url().await]).await;
+    let ok = StatusCode::OK;
+    let cases: &[(&str, &str, StatusCode)] = &[
+        ("/v1/projections", "/v1/projections", ok),
+        (
+            "/v1/projections/{name}/distinct",
+            "/v1/projections/visitors/distinct?from=2015-05-17T10:00:00Z&to=1431860400000",
+            ok,
+        ),
+        (
+            "/v1/projections/{name}/distinct",
+            "/v1/projections/visitors/distinct",
+            ok,
+        ),
+        (
+            "/v1/projections/{name}/top",
+            "/v1/projections/pages/top?k=1",
+            ok,
+        ),
+        (
+            "/v1/projections/{name}/count",
+            "/v1/projections/pages/count?item=%2Fhome",
+            ok,
+        ),
+        (
+            "/v1/projections/{name}/contains",
+            "/v1/projections/seen_users/contains?item=alice",
+            ok,
+        ),
+        (
+            "/v1/projections/{name}/series",
+            "/v1/projections/visitors/series?from=0&to=10800000&step=1h",
+            ok,
+        ),
+        (
+            "/v1/projections/{name}/series",
+            "/v1/projections/pages/series?from=0&to=7200000&step=1h&k=1",
+            ok,
+        ),
+        (
+            "/v1/projections/{name}/series",
+            "/v1/projections/seen_users/series?from=0&to=3600000&step=1h",
+            ok,
+        ),
+        ("/healthz", "/healthz", ok),
+        (
+            "/v1/projections/{name}/top",
+            "/v1/projections/pages/top?k=0",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/v1/projections/{name}/series",
+            "/v1/projections/pages/series?from=0&to=7200000&step=1w",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/v1/projections/{name}/contains",
+            "/v1/projections/visitors/contains?item=x",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/v1/projections/{name}/count",
+            "/v1/projections/nope/count?item=x",
+            StatusCode::NOT_FOUND,
+        ),
+    ];
+    for (template, path, status) in cases {
+        let body =
+            check_against_document(&document, &api, template, path, Some(ACME_KEY), *status).await;
+        if template.starts_with("/v1/") && *status == ok {
+            let freshness = if *template == "/v1/projections" {
+                &body
+            } else {
+                &body["freshness"]
+            };
+            assert_eq!(freshness["complete"], false, "{path}: one node is down");
+        }
+    }
+    for key in [None, Some("not-a-key")] {
+        check_against_document(
+            &document,
+            &api,
+            "/v1/projections/{name}/distinct",
+            "/v1/projections/visitors/distinct",
+            key,
+            StatusCode::UNAUTHORIZED,
+        )
+        .await;
+    }
+
+    // No node answering.
+    let api_down = start_query_api(vec![dead_url().await]).await;
+    for (template, path) in [
+        ("/v1/projections", "/v1/projections"),
+        ("/v1/projections/{name}/top", "/v1/projections/pages/top"),
+    ] {
+        check_against_document(
+            &document,
+            &api_down,
+            template,
+            path,
+            Some(ACME_KEY),
+            StatusCode::SERVICE_UNAVAILABLE,
+        )
+        .await;
+    }
+
+    // The shared responses: no route, and a method other than GET.
+    let (status, body) = get_json(&format!("{api}/v2/nothing"), Some(ACME_KEY)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let not_found = json!({"$ref": "#/components/responses/NotFound"});
+    assert_conforms(&document, &not_found, 404, &body, "/v2/nothing");
+    let response = reqwest::Client::new()
+        .post(format!("{api}/v1/projections"))
+        .bearer_auth(ACME_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    let body: Value = response.json().await.unwrap();
+    let not_allowed = json!({"$ref": "#/components/responses/MethodNotAllowed"});
+    assert_conforms(&document, &not_allowed, 405, &body, "POST /v1/projections");
+}
+
+#[tokio::test]
+async fn test_the_router_and_the_document_list_the_same_routes() {
+    let document = openapi_document();
+    let documented: Vec<&str> = document["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    // Every route the router declares is documented.
+    let routes_source = include_str!("../src/routes.rs");
+    let routed: Vec<&str> = routes_source
+        .split(".route(\"")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap())
+        .collect();
+    assert!(routed.len() >= 9, "found the routes: {routed:?}");
+    for route in &routed {
+        assert!(
+            documented.contains(route),
+            "route {route} is served but not in query-api/openapi.json"
+        );
+    }
+    // Every documented path is served: it answers with anything but the fallback's not_found.
+    let node = FakeNode::new("projector-1", &[0]).start().await;
+    let api = start_query_api(vec![node]).await;
+    for path in &documented {
+        assert!(routed.contains(path), "{path} is documented but not routed");
+        let url = format!("{api}{}", path.replace("{name}", "visitors"));
+        let response = reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(ACME_KEY)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let code = serde_json::from_str::<Value>(&text)
+            .ok()
+            .map(|b| b["error"]["code"].clone());
+        assert_ne!(
+            code,
+            Some(json!("not_found")),
+            "{path} is documented but the router has no such route: {status} {text}"
+        );
+    }
+    // The document served is the one in the repository.
+    let (status, served) = get_json(&format!("{api}/openapi.json"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(served, document);
+    assert_eq!(served["openapi"], "3.1.0");
 }
