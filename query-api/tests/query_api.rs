@@ -1261,3 +1261,142 @@ async fn test_the_router_and_the_document_list_the_same_routes() {
     assert_eq!(served, document);
     assert_eq!(served["openapi"], "3.1.0");
 }
+
+async fn start_query_api_with_cors(projector_urls: Vec<String>, origins: &[&str]) -> String {
+    let mut config = config(projector_urls, 2_000);
+    config.cors_allowed_origins = origins.iter().map(|o| o.to_string()).collect();
+    let app = query_api::router(
+        &config,
+        TenantFile::from_toml(TENANTS).unwrap(),
+        metrics_handle(),
+    )
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{address}")
+}
+
+async fn preflight(api: &str, origin: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .request(reqwest::Method::OPTIONS, format!("{api}/v1/projections"))
+        .header("Origin", origin)
+        .header("Access-Control-Request-Method", "GET")
+        .header("Access-Control-Request-Headers", "authorization")
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn test_cors_answers_only_the_configured_origins() {
+    let node = FakeNode::new("projector-1", &[0]).start().await;
+    let api = start_query_api_with_cors(vec![node.clone()], &["https://dash.example.com"]).await;
+    let allowed = preflight(&api, "https://dash.example.com").await;
+    assert!(allowed.status().is_success(), "{}", allowed.status());
+    let headers = allowed.headers();
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://dash.example.com"
+    );
+    assert!(
+        headers["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("authorization")
+    );
+    let denied = preflight(&api, "https://evil.example.com").await;
+    assert!(
+        denied
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+
+    // No origins configured (the default): no CORS answer at all.
+    let plain = start_query_api(vec![node]).await;
+    let refused = preflight(&plain, "https://dash.example.com").await;
+    assert_eq!(refused.status().as_u16(), 405);
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn test_a_matching_if_none_match_is_304_and_a_stale_one_200() {
+    let node = FakeNode::new("projector-1", &[0])
+        .with_model("acme", "visitors", &distinct_model(users(0..10)))
+        .start()
+        .await;
+    let api = start_query_api(vec![node]).await;
+    let url = format!("{api}/v1/projections/visitors/distinct");
+    let client = reqwest::Client::new();
+    let first = client.get(&url).bearer_auth(ACME_KEY).send().await.unwrap();
+    assert_eq!(first.status().as_u16(), 200);
+    assert_eq!(first.headers()["cache-control"], "private, max-age=5");
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(etag.starts_with("W/\""), "{etag}");
+    let body = first.bytes().await.unwrap();
+    assert_eq!(
+        etag,
+        format!("W/\"{:016x}\"", xxhash_rust::xxh64::xxh64(&body, 0)),
+        "the tag is the hash of the body"
+    );
+
+    let again = client
+        .get(&url)
+        .bearer_auth(ACME_KEY)
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 304);
+    assert_eq!(again.headers()["etag"], etag.as_str());
+    assert!(again.bytes().await.unwrap().is_empty());
+
+    let stale = client
+        .get(&url)
+        .bearer_auth(ACME_KEY)
+        .header("If-None-Match", "W/\"0000000000000000\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status().as_u16(), 200);
+
+    // Errors are never cached.
+    let error = client.get(&url).send().await.unwrap();
+    assert_eq!(error.status().as_u16(), 401);
+    assert!(error.headers().get("etag").is_none());
+}
+
+#[tokio::test]
+async fn test_answers_are_gzipped_only_when_the_client_accepts_it() {
+    use std::io::Read;
+    let node = FakeNode::new("projector-1", &[0, 1]).start().await;
+    let api = start_query_api(vec![node]).await;
+    let client = reqwest::Client::new();
+    let url = format!("{api}/openapi.json");
+    let gzipped = client
+        .get(&url)
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gzipped.headers()["content-encoding"], "gzip");
+    let compressed = gzipped.bytes().await.unwrap();
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&compressed[..])
+        .read_to_string(&mut text)
+        .unwrap();
+    let document: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(document, openapi_document());
+    assert!(compressed.len() < text.len());
+
+    let plain = client.get(&url).send().await.unwrap();
+    assert!(plain.headers().get("content-encoding").is_none());
+    let body: Value = plain.json().await.unwrap();
+    assert_eq!(body, openapi_document());
+}
