@@ -58,6 +58,10 @@ struct SyntheticArgs {
     /// Distinct paths, drawn with a skew (path n about 1/n as often as path 1).
     #[arg(long, default_value_t = 10_000)]
     paths: u64,
+    /// Spread the event times evenly over this many days from 2024-01-01 (default: 10 ms
+    /// between events).
+    #[arg(long)]
+    span_days: Option<u32>,
 }
 
 #[derive(Args)]
@@ -130,7 +134,12 @@ async fn synthetic(args: SyntheticArgs) -> anyhow::Result<()> {
     if args.keys == 0 || args.paths == 0 {
         bail!("--keys and --paths must be at least 1");
     }
-    let records = synthetic::page_views(&args.tenant, args.count, args.keys, args.paths);
+    let step_ms = match args.span_days {
+        None => synthetic::DEFAULT_STEP_MS,
+        Some(0) => bail!("--span-days must be at least 1"),
+        Some(days) => (i64::from(days) * 86_400_000 / args.count.max(1) as i64).max(1),
+    };
+    let records = synthetic::page_views(&args.tenant, args.count, args.keys, args.paths, step_ms);
     let sent = send::records_to_kafka(records, args.count, &args.kafka, &args.topic).await?;
     println!("{sent}");
     Ok(())

@@ -3,7 +3,8 @@
 //!
 //! Keys are drawn uniformly from `keys` users; paths follow a Zipf-like law (path n comes up
 //! about 1/n as often as path 1) over `paths` paths, so top-k and count-min see a realistic skew.
-//! Event times advance 10 ms per event from 2024-01-01T00:00:00Z; every event has a unique id.
+//! Event times advance `step_ms` (10 ms unless asked otherwise) per event from
+//! 2024-01-01T00:00:00Z; every event has a unique id.
 
 use schemas::{Record, SCHEMA_VERSION};
 use serde_json::{Map, Value};
@@ -11,8 +12,17 @@ use serde_json::{Map, Value};
 /// First event time: 2024-01-01T00:00:00Z.
 const START_MS: i64 = 1_704_067_200_000;
 
-/// `count` page views of `tenant`.
-pub fn page_views(tenant: &str, count: u64, keys: u64, paths: u64) -> impl Iterator<Item = Record> {
+/// Time between two events unless a span is asked for.
+pub const DEFAULT_STEP_MS: i64 = 10;
+
+/// `count` page views of `tenant`, `step_ms` apart.
+pub fn page_views(
+    tenant: &str,
+    count: u64,
+    keys: u64,
+    paths: u64,
+    step_ms: i64,
+) -> impl Iterator<Item = Record> {
     let tenant = tenant.to_owned();
     let harmonic: f64 = (1..=paths).map(|n| 1.0 / n as f64).sum();
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
@@ -27,8 +37,8 @@ pub fn page_views(tenant: &str, count: u64, keys: u64, paths: u64) -> impl Itera
             id: Some(format!("synthetic-{i}")),
             event_type: "page_view".into(),
             key: format!("user-{user}"),
-            time_ms: START_MS + i as i64 * 10,
-            received_ms: START_MS + i as i64 * 10,
+            time_ms: START_MS + i as i64 * step_ms,
+            received_ms: START_MS + i as i64 * step_ms,
             properties,
         }
     })
@@ -60,8 +70,8 @@ mod tests {
 
     #[test]
     fn test_synthetic_stream_is_deterministic_and_skewed() {
-        let first: Vec<Record> = page_views("t", 20_000, 1_000, 100).collect();
-        let again: Vec<Record> = page_views("t", 20_000, 1_000, 100).collect();
+        let first: Vec<Record> = page_views("t", 20_000, 1_000, 100, DEFAULT_STEP_MS).collect();
+        let again: Vec<Record> = page_views("t", 20_000, 1_000, 100, DEFAULT_STEP_MS).collect();
         assert_eq!(first, again);
         let top = first
             .iter()
