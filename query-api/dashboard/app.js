@@ -182,6 +182,22 @@ function makeChart(id, series, bands) {
   return chart;
 }
 
+// Forgets what the views show, so nothing of an older selection stays on screen.
+function clearViews() {
+  $("top-bars").replaceChildren();
+  delete $("top-bars").dataset.projection;
+  $("top-chart-note").textContent = "";
+  for (const id of ["distinct-chart", "returning-chart", "top-chart"]) {
+    $(id).replaceChildren();
+    delete $(id).dataset.projection;
+    delete $(id).dataset.points;
+    delete $(id).dataset.estimates;
+  }
+  for (const id of ["distinct-total", "distinct-total-bounds", "distinct-events", "top-events", "top-error"]) {
+    $(id).textContent = "";
+  }
+}
+
 function destroyCharts() {
   for (const chart of Object.values(state.charts)) chart.destroy();
   state.charts = {};
@@ -226,6 +242,7 @@ function renderDistinct(answer) {
     points.map((p) => p.distinct.upper_bound),
   ]);
   const element = $("distinct-chart");
+  element.dataset.projection = answer.projection;
   element.dataset.points = String(points.length);
   element.dataset.estimates = JSON.stringify(estimates);
 
@@ -249,7 +266,7 @@ function renderDistinct(answer) {
   $("distinct-confidence").textContent = (total.confidence * 100).toFixed(1) + "%";
 }
 
-function renderTop(top, series) {
+function renderTop(name, top, series) {
   const items = top.items;
   const scale = Math.max(1, ...items.map((i) => i.upper_bound));
   const bars = items.map((item) => {
@@ -281,6 +298,7 @@ function renderTop(top, series) {
     return row;
   });
   $("top-bars").replaceChildren(...bars);
+  $("top-bars").dataset.projection = name;
   if (!items.length) {
     const empty = document.createElement("li");
     empty.className = "muted";
@@ -290,6 +308,11 @@ function renderTop(top, series) {
   $("top-events").textContent = integer.format(top.events);
   $("top-error").textContent = integer.format(top.maximum_error);
 
+  if (series instanceof Error) {
+    $("top-chart-note").textContent = "values per step unavailable: " + series.message;
+    return;
+  }
+  $("top-chart-note").textContent = "";
   const chart =
     state.charts["top-chart"] ||
     makeChart("top-chart", [{ label: "values", stroke: "#2a6fdb", width: 2 }]);
@@ -395,13 +418,14 @@ async function refresh() {
     } else if (projection.kind === "top") {
       const [top, steps] = await Promise.all([
         api(`/v1/projections/${projection.name}/top`, { ...range, k: TOP_K }),
-        api(`/v1/projections/${projection.name}/series`, { ...series, k: 1 }),
+        // The bars do not depend on the per-step chart: show them even when it fails.
+        api(`/v1/projections/${projection.name}/series`, { ...series, k: 1 }).catch((e) => e),
       ]);
       if (top.events === 0 && (await anchorAtTenantEnd(projection, list))) {
         return refreshSoon(0);
       }
       if (generation !== state.generation) return;
-      renderTop(top, steps);
+      renderTop(projection.name, top, steps);
       freshness = top.freshness;
     } else if (projection.kind === "membership" && state.lookupItem !== null) {
       const answer = await api(`/v1/projections/${projection.name}/contains`, {
@@ -461,6 +485,7 @@ function selectionChanged() {
   state.lookupItem = null;
   $("lookup-result").replaceChildren();
   destroyCharts();
+  clearViews();
   sessionStorage.setItem(PROJECTION_STORAGE, $("projection").value);
   refreshSoon(0);
 }
