@@ -4,7 +4,8 @@
 # starts on its own port (KAFKA_PORT, default 19092) and stops on exit. The shared rate-limit
 # tests need a Redis server: one is started on TEST_REDIS_PORT (default 16379), without
 # persistence, unless one already answers there, and stopped on exit; REDIS_URL points the tests
-# at it.
+# at it. Last, deploy/schemathesis.sh checks the running query API against its OpenAPI document
+# (schemathesis, installed into a venv under ~/.cache/stream-pipeline; needs python3-venv).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -68,4 +69,18 @@ fi
 
 python3 -c 'import datasketches' 2>/dev/null || pip install --quiet datasketches==5.2.0
 echo "test: cargo test against the broker at 127.0.0.1:$KAFKA_PORT and $REDIS_URL" >&2
-KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT cargo test --workspace --no-fail-fast -- --test-threads 2 2>&1 | tee "$results"
+cargo_status=0
+KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT cargo test --workspace --no-fail-fast -- --test-threads 2 2>&1 |
+  tee "$results" || cargo_status=$?
+
+# The query API against its OpenAPI document (deploy/schemathesis.sh). It counts as one test in
+# the closing line: passed if schemathesis found no failure in any operation, failed otherwise.
+echo "test: schemathesis against the query API, broker 127.0.0.1:$KAFKA_PORT" >&2
+schemathesis_status=0
+KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT deploy/schemathesis.sh || schemathesis_status=$?
+if [ "$schemathesis_status" = 0 ]; then
+  echo "test result: ok. 1 passed; 0 failed (deploy/schemathesis.sh)" >>"$results"
+else
+  echo "test result: FAILED. 0 passed; 1 failed (deploy/schemathesis.sh)" >>"$results"
+fi
+[ "$cargo_status" = 0 ] && [ "$schemathesis_status" = 0 ]
