@@ -476,7 +476,9 @@ async fn test_series_merge_buckets_per_step_and_split_new_from_returning_keys() 
         }
     }
     pipeline.post(TENANT_A_KEY, &events).await;
-    pipeline.wait_for_events(TENANT_A_KEY, events.len() as u64).await;
+    pipeline
+        .wait_for_events(TENANT_A_KEY, events.len() as u64)
+        .await;
 
     let path = format!(
         "/v1/projections/visitors/series?from={start}&to={}&step=1h",
@@ -498,6 +500,27 @@ async fn test_series_merge_buckets_per_step_and_split_new_from_returning_keys() 
     assert_eq!(series["total"]["events"], 10);
     assert_eq!(points[1]["start"], start + hour);
 
+    // Steps with nothing folded count 0 and leave the total alone, whatever the projection's
+    // sketch parameters (top_paths here uses the defaults; see the unit of this in routes).
+    let padded = pipeline
+        .query(
+            TENANT_A_KEY,
+            &format!(
+                "/v1/projections/visitors/series?from={}&to={}&step=1h",
+                start - 2 * hour,
+                start + 5 * hour
+            ),
+        )
+        .await;
+    let counts: Vec<u64> = padded["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["events"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, [0, 0, 3, 4, 3, 0, 0], "{padded}");
+    assert_eq!(estimate(&padded["total"]["distinct"]), 6.0, "{padded}");
+
     // Top paths per day: one step holding all three hours, with counts.
     let top = pipeline
         .query(
@@ -516,7 +539,10 @@ async fn test_series_merge_buckets_per_step_and_split_new_from_returning_keys() 
 
     // A step finer than the buckets, or too many steps, is a 400 that says why.
     for (query, fragment) in [
-        ("from=0&to=3600000&step=1m", "whole number of the projection's buckets (1h)"),
+        (
+            "from=0&to=3600000&step=1m",
+            "whole number of the projection's buckets (1h)",
+        ),
         ("from=0&to=1431856800000&step=1h", "more than 2000 steps"),
         ("from=0&to=3600000&step=fortnight", "not a step such as 15m"),
         ("from=0&step=1h", "\"to\" is required"),

@@ -452,17 +452,26 @@ async fn series(
     let mut total: Option<ReadModel> = None;
     for (index, model) in gathered.steps.into_iter().enumerate() {
         let start = range.from + index as i64 * range.step;
-        let model = model.unwrap_or_else(|| empty_read_model(kind));
         let before = total.as_ref().and_then(ReadModel::distinct);
-        match total.as_mut() {
-            None => total = Some(model.clone()),
-            Some(total) => total
-                .merge(&model)
-                .map_err(|e| QueryError::ProjectorsDisagree {
-                    name: name.clone(),
-                    reason: format!("the steps' read models do not merge: {e}"),
-                })?,
-        }
+        // An empty step adds nothing to the total. Its answer is built from an empty model of
+        // the kind's default parameters, which would not merge with the projection's own.
+        let model = match model {
+            Some(model) => {
+                match total.as_mut() {
+                    None => total = Some(model.clone()),
+                    Some(total) => {
+                        total
+                            .merge(&model)
+                            .map_err(|e| QueryError::ProjectorsDisagree {
+                                name: name.clone(),
+                                reason: format!("the steps' read models do not merge: {e}"),
+                            })?
+                    }
+                }
+                model
+            }
+            None => empty_read_model(kind),
+        };
         let distinct = model.distinct();
         let (new, returning) = match (
             &distinct,

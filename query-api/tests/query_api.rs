@@ -50,6 +50,8 @@ struct FakeNode {
     seen: Arc<Mutex<Vec<HashMap<String, String>>>>,
     /// Added to every partition's next offset: raising it is the node folding more records.
     folded: Arc<std::sync::atomic::AtomicI64>,
+    /// Series answers hold the model in the first step only; the others are empty.
+    first_step_only: bool,
 }
 
 /// The projections every fake node knows.
@@ -175,7 +177,12 @@ async fn fake_series(
     let steps = (number("to") - number("from")) / number("step").max(1);
     let tenant = params.get("tenant").cloned().unwrap_or_default();
     let model = node.models.get(&(tenant, projection.clone()));
-    let steps: Vec<Value> = (0..steps).map(|_| json!({"read_model": model})).collect();
+    let steps: Vec<Value> = (0..steps)
+        .map(|step| {
+            let held = step == 0 || !node.first_step_only;
+            json!({"read_model": if held { json!(model) } else { Value::Null }})
+        })
+        .collect();
     Json(json!({
         "projection": projection,
         "kind": kind,
@@ -535,6 +542,34 @@ async fn test_a_window_is_merged_once_until_a_partition_moves() {
     assert_eq!(body["freshness"]["partitions"][0]["next_offset"], 105);
     get_json(&ask("carol"), Some(ACME_KEY)).await;
     assert_eq!(seen.lock().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn test_series_steps_without_data_leave_a_non_default_sketch_alone() {
+    let params = SketchParams::Top {
+        width: 512,
+        depth: 5,
+        max_map_size: 512,
+    };
+    let mut model = ReadModel::new(&params).unwrap();
+    for item in ["/a", "/a", "/b"] {
+        model.update(item);
+    }
+    let mut node = FakeNode::new("projector-1", &[0]).with_model("acme", "pages", &model);
+    node.first_step_only = true;
+    let api = start_query_api(vec![node.start().await]).await;
+    let url = format!("{api}/v1/projections/pages/series?from=0&to=10800000&step=1h&k=1");
+    let (status, body) = get_json(&url, Some(ACME_KEY)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let events: Vec<u64> = body["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["events"].as_u64().unwrap())
+        .collect();
+    assert_eq!(events, [3, 0, 0], "{body}");
+    assert_eq!(body["total"]["events"], 3);
+    assert_eq!(body["total"]["items"][0]["item"], "/a", "{body}");
 }
 
 #[tokio::test]
