@@ -501,7 +501,7 @@ async fn test_series_merge_buckets_per_step_and_split_new_from_returning_keys() 
     assert_eq!(points[1]["start"], start + hour);
 
     // Steps with nothing folded count 0 and leave the total alone, whatever the projection's
-    // sketch parameters (top_paths here uses the defaults; see the unit of this in routes).
+    // sketch parameters (query-api/tests/query_api.rs covers non-default parameters).
     let padded = pipeline
         .query(
             TENANT_A_KEY,
