@@ -194,9 +194,10 @@ TOML
 
 checks=not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance
 log "running schemathesis against $api ($examples examples per operation, seed $seed)"
-"$venv/bin/schemathesis" --config-file "$work/schemathesis.toml" run "$api/openapi.json" \
+# From the temp dir: schemathesis and hypothesis keep their caches in the working directory.
+(cd "$work" && "$venv/bin/schemathesis" --config-file "$work/schemathesis.toml" run "$api/openapi.json" \
   -H "Authorization: Bearer $key" --checks "$checks" --max-examples "$examples" --seed "$seed" \
-  --workers 2 --no-color --report har --report-har-path "$work/run.har"
+  --workers 2 --no-color --report har --report-har-path "$work/run.har")
 
 # How many answers of each status every operation got, so a run that only saw errors shows.
 python3 - "$work/run.har" <<'PY' >&2
