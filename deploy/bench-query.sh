@@ -90,7 +90,7 @@ RUST_LOG=warn "$bin/projector" run --config "$run_dir/projector.toml" 2>"$run_di
 pids+=($!)
 for _ in $(seq 600); do
   lag=$(curl -sf "http://127.0.0.1:$projector_port/internal/v1/partitions" |
-    jq '[.partitions[] | select(.lag == null or .lag > 0)] | length + (if (.partitions | length) < 4 then 1 else 0 end)' || echo 1)
+    jq '(.partitions | length) as $n | [.partitions[] | select(.lag == null or .lag > 0)] | length + (if $n < 4 then 1 else 0 end)' || echo 1)
   [[ $lag == 0 ]] && break
   sleep 1
 done
