@@ -124,9 +124,11 @@ measure distinct-1d "$base/visitors/distinct?from=$day_from&to=$day_to" -c "$con
 measure distinct-30d "$base/visitors/distinct?from=$day_from&to=$month_to" -c "$connections"
 measure top-30d "$base/top_paths/top?k=10&from=$day_from&to=$month_to" -c "$connections"
 measure series-30d "$base/visitors/series?from=$day_from&to=$month_to&step=1d" -c "$connections"
-# A different `to` within the last hour every time: same buckets, a new cache key.
+# A different `to` within the last hour every time: the same buckets, a new cache key. oha reads
+# the whole URL as a regular expression here (with `.` taken literally), so `?` is escaped.
+last_hour=$((month_to - 3600000))
 measure distinct-30d-uncached \
-  "http://127.0.0.1:$query_port/v1/projections/visitors/distinct?from=$day_from&to=$((month_to - 3600000))[0-9]{5}" \
+  "http://127.0.0.1:$query_port/v1/projections/visitors/distinct\?from=$day_from&to=${last_hour:0:7}[6-9][0-9]{5}" \
   -c "$connections" --rand-regex-url
 measure distinct-30d-rate "$base/visitors/distinct?from=$day_from&to=$month_to" -c "$connections" -q "$rate"
 
