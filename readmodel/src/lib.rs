@@ -16,13 +16,15 @@
 mod canonical;
 mod count_min;
 mod distinct;
+mod groups;
 mod membership;
 pub mod projection;
 pub mod read_model;
 mod top;
 
+pub use groups::{DEFAULT_MAX_GROUPS, GroupUpdate, MAX_GROUPS};
 pub use projection::{
-    Kind, ParamsError, Projection, ProjectionError, ProjectionFile, SketchParams,
+    GroupBy, Kind, ParamsError, Projection, ProjectionError, ProjectionFile, SketchParams,
 };
 pub use read_model::{
     CountEstimate, DistinctEstimate, FORMAT_VERSION, MAGIC, MembershipAnswer, ReadModel,

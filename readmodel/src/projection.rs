@@ -11,6 +11,8 @@
 //! event_type = "page_view" # optional; without it every event type is read
 //! bucket = "1h"            # <n>s, <n>m, <n>h or <n>d; divides a day or is whole days
 //! lg_k = 12                # optional sketch parameters of the kind, see SketchParams
+//! group_by = "properties.channel" # optional, distinct and top only: one read model per
+//! max_groups = 1000        # value of this field too, at most max_groups per bucket
 //! ```
 //!
 //! Guarantee: [`ProjectionFile::from_toml`] accepts only files whose every projection is fully
@@ -26,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use schemas::{FieldPath, Record};
 
+use crate::groups::{DEFAULT_MAX_GROUPS, MAX_GROUPS};
 use crate::membership::{Geometry, MAX_TOTAL_BITS};
 use crate::read_model::ReadModel;
 
@@ -97,6 +100,19 @@ pub struct Projection {
     pub bucket_ms: i64,
     /// Sketch parameters; always of the same kind as `kind`.
     pub params: SketchParams,
+    /// The second field whose value splits the read model into groups, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_by: Option<GroupBy>,
+}
+
+/// How a projection splits its read models by group (see `groups`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupBy {
+    /// The record field whose value names the group.
+    pub field: FieldPath,
+    /// Most groups one read model (one bucket of one partition) creates; values of further
+    /// groups are counted in the total only.
+    pub max_groups: u32,
 }
 
 impl Projection {
@@ -119,10 +135,22 @@ impl Projection {
         record.field(&self.field).filter(|value| !value.is_empty())
     }
 
+    /// The group of `record` for a projection with `group_by`: `None` when the projection is
+    /// not grouped or the field is absent or empty.
+    pub fn group_of<'r>(&self, record: &'r Record) -> Option<Cow<'r, str>> {
+        let group_by = self.group_by.as_ref()?;
+        record
+            .field(&group_by.field)
+            .filter(|value| !value.is_empty())
+    }
+
     /// An empty read model with this projection's kind and parameters.
     pub fn new_read_model(&self) -> ReadModel {
-        ReadModel::new(&self.params)
-            .expect("projection parameters are validated when the projection file is parsed")
+        match &self.group_by {
+            None => ReadModel::new(&self.params),
+            Some(group_by) => ReadModel::new_grouped(&self.params, group_by.max_groups),
+        }
+        .expect("projection parameters are validated when the projection file is parsed")
     }
 
     fn from_table(index: usize, table: toml::Table) -> Result<Projection, ProjectionError> {
@@ -168,6 +196,42 @@ impl Projection {
         params
             .validate()
             .map_err(|problem| invalid(problem.field, problem.problem))?;
+        let group_by = match (&raw.group_by, raw.max_groups) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "max_groups",
+                    "applies only with group_by; remove it or add group_by".to_owned(),
+                ));
+            }
+            (Some(group_field), max_groups) => {
+                if kind == Kind::Membership {
+                    return Err(invalid(
+                        "group_by",
+                        "applies to kinds distinct and top, not membership (a Bloom filter per \
+                         group would be sized for expected_items each); remove it"
+                            .to_owned(),
+                    ));
+                }
+                let field = group_field
+                    .parse::<FieldPath>()
+                    .map_err(|error| invalid("group_by", error.to_string()))?;
+                let max_groups = match max_groups {
+                    None => DEFAULT_MAX_GROUPS,
+                    Some(n) if (1..=i64::from(MAX_GROUPS)).contains(&n) => n as u32,
+                    Some(n) => {
+                        return Err(invalid(
+                            "max_groups",
+                            format!(
+                                "is {n}; use a value in 1..={MAX_GROUPS} ({DEFAULT_MAX_GROUPS} is \
+                                 the default)"
+                            ),
+                        ));
+                    }
+                };
+                Some(GroupBy { field, max_groups })
+            }
+        };
 
         Ok(Projection {
             name: raw.name,
@@ -176,6 +240,7 @@ impl Projection {
             event_type: raw.event_type,
             bucket_ms,
             params,
+            group_by,
         })
     }
 }
@@ -457,8 +522,8 @@ pub enum ProjectionError {
     Empty,
     /// A projection table has an unknown key, a missing key or a value of the wrong type.
     #[error(
-        "projection {projection}: {message}; keys are name, kind, field, event_type, bucket and \
-         the sketch parameters of the kind"
+        "projection {projection}: {message}; keys are name, kind, field, event_type, bucket, \
+         group_by, max_groups and the sketch parameters of the kind"
     )]
     Malformed {
         /// The projection's name, or its position when it has none.
@@ -509,6 +574,8 @@ struct RawProjection {
     max_map_size: Option<i64>,
     expected_items: Option<i64>,
     false_positive_rate: Option<f64>,
+    group_by: Option<String>,
+    max_groups: Option<i64>,
 }
 
 impl RawProjection {
@@ -731,6 +798,7 @@ false_positive_rate = 0.001
                 "editors",
                 "pages_edited",
                 "top_channels",
+                "editors_by_channel",
                 "top_pages",
                 "known_editors"
             ]
@@ -766,6 +834,7 @@ false_positive_rate = 0.001
                 "edit",
                 3_600_000,
             ),
+            ("editors_by_channel", Kind::Distinct, "key", "edit", DAY_MS),
             ("top_pages", Kind::Top, "properties.page", "edit", 3_600_000),
             ("known_editors", Kind::Membership, "key", "edit", DAY_MS),
         ];
@@ -776,6 +845,11 @@ false_positive_rate = 0.001
             assert_eq!(p.event_type.as_deref(), Some(event_type), "{name}");
             assert_eq!(p.bucket_ms, bucket_ms, "{name}");
         }
+        let grouped = file.get("editors_by_channel").unwrap().group_by.as_ref();
+        assert_eq!(
+            grouped.map(|g| g.field.to_string()).as_deref(),
+            Some("properties.channel")
+        );
     }
 
     #[test]
@@ -1077,6 +1151,74 @@ false_positive_rate = 0.001
                 "params": {"lg_k": 14}
             })
         );
+    }
+
+    #[test]
+    fn group_by_splits_distinct_and_top_read_models() {
+        let text = with_lines(
+            "distinct",
+            "group_by = \"properties.channel\"\nmax_groups = 3",
+        );
+        let file = ProjectionFile::from_toml(&text).unwrap();
+        let projection = &file.projections[0];
+        assert_eq!(
+            projection.group_by,
+            Some(GroupBy {
+                field: "properties.channel".parse().unwrap(),
+                max_groups: 3
+            })
+        );
+        let edit = record("edit", "Alice", serde_json::json!({"channel": "#en"}));
+        assert_eq!(projection.group_of(&edit).as_deref(), Some("#en"));
+        let without = record("edit", "Bob", serde_json::json!({"channel": ""}));
+        assert_eq!(projection.group_of(&without), None);
+        let model = projection.new_read_model();
+        assert!(model.is_grouped());
+        assert_eq!(model.max_groups(), Some(3));
+        let json = serde_json::to_value(projection).unwrap();
+        assert_eq!(
+            json["group_by"],
+            serde_json::json!({"field": "properties.channel", "max_groups": 3})
+        );
+
+        let top = with_lines("top", "group_by = \"properties.method\"");
+        let file = ProjectionFile::from_toml(&top).unwrap();
+        assert_eq!(
+            file.projections[0].group_by.as_ref().unwrap().max_groups,
+            DEFAULT_MAX_GROUPS
+        );
+        // Without group_by nothing is grouped, and the listing has no group_by key.
+        let plain = ProjectionFile::from_toml(&with_lines("distinct", "")).unwrap();
+        assert_eq!(plain.projections[0].group_of(&edit), None);
+        assert!(!plain.projections[0].new_read_model().is_grouped());
+    }
+
+    #[test]
+    fn rejects_bad_group_by() {
+        let error = error_of(&with_lines("membership", "group_by = \"key\""));
+        assert!(
+            error.contains("`group_by`: applies to kinds distinct and top"),
+            "{error}"
+        );
+        let error = error_of(&with_lines("distinct", "max_groups = 10"));
+        assert!(
+            error.contains("`max_groups`: applies only with group_by"),
+            "{error}"
+        );
+        let error = error_of(&with_lines("distinct", "group_by = \"properties.\""));
+        assert!(error.contains("`group_by`"), "{error}");
+        for bad in ["0", "100001", "-1"] {
+            let error = error_of(&with_lines(
+                "top",
+                &format!("group_by = \"type\"\nmax_groups = {bad}"),
+            ));
+            assert!(
+                error.contains(&format!(
+                    "`max_groups`: is {bad}; use a value in 1..=100000"
+                )),
+                "{error}"
+            );
+        }
     }
 
     #[test]

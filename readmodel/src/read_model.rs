@@ -10,7 +10,7 @@
 //! |--------|------|-------------------------------------------------------------|
 //! | 0      | 2    | magic `b"RM"`                                               |
 //! | 2      | 1    | format version, `2`                                         |
-//! | 3      | 1    | kind: `1` distinct, `2` top, `3` membership                 |
+//! | 3      | 1    | kind: `1` distinct, `2` top, `3` membership; high bit: grouped |
 //! | 4      | 8    | events: exact number of values folded in, u64               |
 //! | 12     | ...  | the kind's payloads, each a u32 length then that many bytes |
 //!
@@ -19,6 +19,9 @@
 //!   DataSketches frequent-items image of UTF-8 strings;
 //! * membership: a 17-byte configuration (`expected_items` u64, `false_positive_rate` f64 bits,
 //!   stage count u8), then one DataSketches Bloom image per stage (see `membership`).
+//!
+//! * grouped (kind byte with its high bit set, `0x80`): the kind's payloads hold the total,
+//!   and one more payload holds the groups (see `groups`).
 //!
 //! Order-free entries (HLL coupons, frequent items) are written sorted, so the same content has
 //! the same bytes. Nothing may follow the last payload. `docs/read-model-format.md` is the full
@@ -43,6 +46,7 @@ use serde::Serialize;
 
 use crate::count_min::Overflow;
 use crate::distinct::Distinct;
+use crate::groups::{GroupUpdate, Groups};
 use crate::membership::Membership;
 use crate::projection::{Kind, ParamsError, SketchParams};
 use crate::top::Top;
@@ -56,11 +60,16 @@ pub const FORMAT_VERSION: u8 = 2;
 /// Bytes before the first payload: magic, version, kind, events.
 const HEADER_LEN: usize = 12;
 
+/// Bit of the kind byte set when the read model is grouped.
+const GROUPED: u8 = 0x80;
+
 /// One sketch read model and the exact number of values folded into it.
 #[derive(Clone)]
 pub struct ReadModel {
     events: u64,
     sketch: Sketch,
+    /// Per-group read models of a projection with `group_by`.
+    pub(crate) groups: Option<Box<Groups>>,
 }
 
 /// Approximate distinct count with a two-standard-deviation confidence interval.
@@ -201,7 +210,7 @@ pub enum ReadModelError {
     },
     /// An unknown kind byte.
     #[error(
-        "read model kind byte {found} is unknown (1 distinct, 2 top, 3 membership); the bytes are corrupt"
+        "read model kind byte {found} is unknown (1 distinct, 2 top, 3 membership, 129 and 130 grouped distinct and top); the bytes are corrupt"
     )]
     UnknownKind {
         /// The kind byte.
@@ -250,7 +259,83 @@ impl ReadModel {
                 false_positive_rate,
             } => Sketch::Membership(Membership::new(expected_items, false_positive_rate)),
         };
-        Ok(ReadModel { events: 0, sketch })
+        Ok(ReadModel {
+            events: 0,
+            sketch,
+            groups: None,
+        })
+    }
+
+    /// An empty grouped read model: a total with these parameters and room for `max_groups`
+    /// groups (see `groups`).
+    pub fn new_grouped(
+        params: &SketchParams,
+        max_groups: u32,
+    ) -> Result<ReadModel, ReadModelError> {
+        if !(1..=crate::groups::MAX_GROUPS).contains(&max_groups) {
+            return Err(ReadModelError::InvalidParams(ParamsError {
+                field: "max_groups",
+                problem: format!(
+                    "is {max_groups}; use a value in 1..={} ({} is the default)",
+                    crate::groups::MAX_GROUPS,
+                    crate::groups::DEFAULT_MAX_GROUPS
+                ),
+            }));
+        }
+        let mut model = ReadModel::new(params)?;
+        model.groups = Some(Box::new(Groups::new(max_groups)));
+        Ok(model)
+    }
+
+    /// The total alone: the same read model without its groups (a copy when not grouped).
+    pub fn total(&self) -> ReadModel {
+        ReadModel {
+            events: self.events,
+            sketch: self.sketch.clone(),
+            groups: None,
+        }
+    }
+
+    /// Whether the read model is split by group.
+    pub fn is_grouped(&self) -> bool {
+        self.groups.is_some()
+    }
+
+    /// The read model of each group, by group name; `None` unless grouped.
+    pub fn groups(&self) -> Option<&std::collections::BTreeMap<String, ReadModel>> {
+        self.groups.as_ref().map(|groups| &groups.models)
+    }
+
+    /// The read model of one group: the group's, an empty one of the same parameters when the
+    /// group holds nothing, or `None` unless grouped.
+    pub fn group(&self, name: &str) -> Option<ReadModel> {
+        let groups = self.groups.as_ref()?;
+        Some(match groups.models.get(name) {
+            Some(model) => model.clone(),
+            None => {
+                ReadModel::new(&self.params()).expect("the parameters of a read model are valid")
+            }
+        })
+    }
+
+    /// Values of a grouped read model whose record had no group value (0 unless grouped).
+    pub fn without_group(&self) -> u64 {
+        self.groups
+            .as_ref()
+            .map_or(0, |groups| groups.without_group)
+    }
+
+    /// Values of a grouped read model whose group would have been one more than `max_groups`
+    /// (0 unless grouped): counted in the total, in no group.
+    pub fn past_max_groups(&self) -> u64 {
+        self.groups
+            .as_ref()
+            .map_or(0, |groups| groups.past_max_groups)
+    }
+
+    /// The most groups one fold creates (see `groups`); `None` unless grouped.
+    pub fn max_groups(&self) -> Option<u32> {
+        self.groups.as_ref().map(|groups| groups.max_groups)
     }
 
     /// What this read model computes.
@@ -281,6 +366,9 @@ impl ReadModel {
     /// Whether `other` can be merged into this read model: the same kind and parameters, or
     /// two distinct counts (which merge down to the smaller `lg_k`).
     pub fn params_compatible(&self, other: &ReadModel) -> bool {
+        if self.is_grouped() != other.is_grouped() {
+            return false;
+        }
         match (&self.sketch, &other.sketch) {
             (Sketch::Distinct(_), Sketch::Distinct(_)) => true,
             _ => self.params() == other.params(),
@@ -312,9 +400,38 @@ impl ReadModel {
     /// DataSketches string updates ignore it; [`crate::Projection::value_of`] never yields one.
     /// A saturated read model ignores the value.
     pub fn update(&mut self, value: &str) {
+        self.update_in(value, None);
+    }
+
+    /// Folds one value of group `group` in (see `groups`): into the total, as
+    /// [`ReadModel::update`] does, and into the group's read model. Returns where the value
+    /// went, `None` when it was ignored (empty or saturated) or the read model is not grouped.
+    pub fn update_in(&mut self, value: &str, group: Option<&str>) -> Option<GroupUpdate> {
         if value.is_empty() || self.saturated() {
-            return;
+            return None;
         }
+        let params = self.groups.is_some().then(|| self.params());
+        if let (Some(groups), Some(params)) = (self.groups.as_mut(), params) {
+            let placed = groups.update(value, group, || {
+                ReadModel::new(&params).expect("the parameters of a read model are valid")
+            });
+            self.update_total(value);
+            return Some(placed);
+        }
+        self.update_total(value);
+        None
+    }
+
+    /// Kind and parameters, for error messages.
+    fn describe(&self) -> String {
+        let mut text = describe(&self.params());
+        if self.is_grouped() {
+            text.push_str(", grouped");
+        }
+        text
+    }
+
+    fn update_total(&mut self, value: &str) {
         match &mut self.sketch {
             Sketch::Distinct(hll) => hll.update(value),
             Sketch::Top(top) => top
@@ -331,8 +448,8 @@ impl ReadModel {
     pub fn merge(&mut self, other: &ReadModel) -> Result<(), ReadModelError> {
         if !self.params_compatible(other) {
             return Err(ReadModelError::Mismatch {
-                ours: describe(&self.params()),
-                theirs: describe(&other.params()),
+                ours: self.describe(),
+                theirs: other.describe(),
             });
         }
         let overflow = ReadModelError::Overflow {
@@ -353,6 +470,10 @@ impl ReadModel {
             (Sketch::Membership(ours), Sketch::Membership(theirs)) => ours.merge(theirs),
             _ => unreachable!("compatible parameters imply the same kind"),
         }
+        let params = self.params();
+        if let (Some(ours), Some(theirs)) = (self.groups.as_mut(), other.groups.as_ref()) {
+            ours.merge(theirs, &params);
+        }
         self.events = events;
         Ok(())
     }
@@ -371,11 +492,17 @@ impl ReadModel {
                 payloads
             }
         };
+        let mut payloads = payloads;
+        let mut kind = kind_byte(self.kind());
+        if let Some(groups) = &self.groups {
+            payloads.push(groups.encode());
+            kind |= GROUPED;
+        }
         let payload_len: usize = payloads.iter().map(|p| 4 + p.len()).sum();
         let mut bytes = Vec::with_capacity(HEADER_LEN + payload_len);
         bytes.extend_from_slice(&MAGIC);
         bytes.push(FORMAT_VERSION);
-        bytes.push(kind_byte(self.kind()));
+        bytes.push(kind);
         bytes.extend_from_slice(&self.events.to_le_bytes());
         for payload in payloads {
             // Parameter limits keep every payload far below 4 GiB (a Bloom stage is at most
@@ -400,11 +527,13 @@ impl ReadModel {
         if version != FORMAT_VERSION {
             return Err(ReadModelError::UnsupportedVersion { found: version });
         }
-        let kind = match reader.take("kind", 1)?[0] {
+        let kind_byte = reader.take("kind", 1)?[0];
+        let grouped = kind_byte & GROUPED != 0;
+        let kind = match kind_byte & !GROUPED {
             1 => Kind::Distinct,
             2 => Kind::Top,
-            3 => Kind::Membership,
-            found => return Err(ReadModelError::UnknownKind { found }),
+            3 if !grouped => Kind::Membership,
+            _ => return Err(ReadModelError::UnknownKind { found: kind_byte }),
         };
         let events =
             u64::from_le_bytes(reader.take("event count", 8)?.try_into().expect("8 bytes"));
@@ -454,13 +583,25 @@ impl ReadModel {
                 Sketch::Membership(filter)
             }
         };
+        let groups = if grouped {
+            Some(reader.payload("groups")?)
+        } else {
+            None
+        };
         if !reader.bytes.is_empty() {
             return Err(ReadModelError::TrailingBytes {
                 count: reader.bytes.len(),
             });
         }
-        let model = ReadModel { events, sketch };
+        let mut model = ReadModel {
+            events,
+            sketch,
+            groups: None,
+        };
         model.params().validate()?;
+        if let Some(payload) = groups {
+            model.groups = Some(Box::new(Groups::decode(payload, &model)?));
+        }
         Ok(model)
     }
 
@@ -534,6 +675,10 @@ impl std::fmt::Debug for ReadModel {
             .field("kind", &self.kind())
             .field("events", &self.events)
             .field("params", &self.params())
+            .field(
+                "groups",
+                &self.groups.as_ref().map(|groups| groups.models.len()),
+            )
             .finish()
     }
 }
