@@ -55,6 +55,8 @@ pub struct Folder {
     pending_records: usize,
     /// Membership filters already reported past their capacity.
     over_capacity: HashSet<ModelKey>,
+    /// Grouped read models already reported at their `max_groups`.
+    past_max_groups: HashSet<ModelKey>,
     /// When the first record of the pending batch was folded.
     pending_since: Option<Instant>,
 }
@@ -73,6 +75,7 @@ impl Folder {
             lost: Vec::new(),
             pending_records: 0,
             over_capacity: HashSet::new(),
+            past_max_groups: HashSet::new(),
             pending_since: None,
         }
     }
@@ -169,6 +172,20 @@ impl Folder {
         for key in &self.dirty {
             let (model, stored) = self.models.get_mut(key).expect("dirty models are cached");
             *stored = Some(batch.put_model(key, model, stored.as_deref()));
+            if model.past_max_groups() > 0 && self.past_max_groups.insert(key.clone()) {
+                // Said once per read model: values of groups past the cap are in the total
+                // only.
+                metrics::counter!("projector_group_cap_reached_total", "projection" => key.projection.clone())
+                    .increment(1);
+                tracing::warn!(
+                    projection = %key.projection,
+                    tenant = %key.tenant,
+                    partition = key.partition,
+                    bucket_start = key.bucket_start,
+                    max_groups = model.max_groups(),
+                    "read model reached max_groups; values of further groups count in the total only: raise max_groups or group by a field with fewer values"
+                );
+            }
             if model.over_capacity() && self.over_capacity.insert(key.clone()) {
                 // Said once per filter: past its design capacity a Bloom filter grows a stage
                 // and its false positive rate rises toward its bound.
@@ -222,6 +239,7 @@ impl Folder {
             let Some(value) = projection.value_of(record) else {
                 continue;
             };
+            let group = projection.group_of(record);
             let key = ModelKey {
                 projection: projection.name.clone(),
                 tenant: record.tenant.clone(),
@@ -239,7 +257,7 @@ impl Folder {
                 .get_mut(&key)
                 .expect("inserted above")
                 .0
-                .update(&value);
+                .update_in(&value, group.as_deref());
             self.dirty.insert(key);
         }
         Ok(())

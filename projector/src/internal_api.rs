@@ -69,6 +69,11 @@ struct ProjectionInfo<'a> {
     field: String,
     event_type: Option<&'a str>,
     bucket_ms: i64,
+    /// The field that splits the read models into groups, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_groups: Option<u32>,
 }
 
 async fn projections(State(state): State<InternalState>) -> Response {
@@ -84,6 +89,8 @@ async fn projections(State(state): State<InternalState>) -> Response {
             field: p.field.to_string(),
             event_type: p.event_type.as_deref(),
             bucket_ms: p.bucket_ms,
+            group_by: p.group_by.as_ref().map(|g| g.field.to_string()),
+            max_groups: p.group_by.as_ref().map(|g| g.max_groups),
         })
         .collect();
     let rebuild = state

@@ -620,14 +620,22 @@ pub fn definition_text(projection: &Projection) -> String {
 }
 
 fn definition_of(projection: &Projection) -> String {
-    format!(
+    let mut text = format!(
         "kind={:?} field={} event_type={:?} bucket_ms={} params={:?}",
         projection.kind,
         projection.field,
         projection.event_type,
         projection.bucket_ms,
         projection.params
-    )
+    );
+    // Ungrouped definitions keep the text they had before grouping existed.
+    if let Some(group_by) = &projection.group_by {
+        text.push_str(&format!(
+            " group_by={} max_groups={}",
+            group_by.field, group_by.max_groups
+        ));
+    }
+    text
 }
 
 fn definition_key(name: &str) -> Vec<u8> {
