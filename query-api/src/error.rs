@@ -45,6 +45,16 @@ pub enum QueryError {
         asked: &'static str,
         supported: &'static str,
     },
+    #[error(
+        "projection {name:?} has no group_by, so it has no groups; remove the group parameter, \
+         or declare group_by for it in the projection file"
+    )]
+    NotGrouped { name: String },
+    #[error(
+        "the window holds {groups} groups, more than the {max} one answer lists; give limit \
+         (1 to {max}) for the largest groups, or narrow the window with from and to"
+    )]
+    TooManyGroups { groups: usize, max: usize },
     #[error("no route for {0}; see docs/query-api.md for the endpoints")]
     NotFound(String),
     #[error("method {0} is not allowed here; the query api only answers GET")]
@@ -90,6 +100,8 @@ impl QueryError {
             QueryError::InvalidTimeRange { .. } => "invalid_time_range",
             QueryError::UnknownProjection { .. } => "unknown_projection",
             QueryError::UnsupportedQuery { .. } => "unsupported_query",
+            QueryError::NotGrouped { .. } => "not_grouped",
+            QueryError::TooManyGroups { .. } => "too_many_groups",
             QueryError::NotFound(_) => "not_found",
             QueryError::MethodNotAllowed(_) => "method_not_allowed",
             QueryError::ProjectorsUnavailable { .. } => "projectors_unavailable",
@@ -109,7 +121,9 @@ impl QueryError {
             | QueryError::MissingParameter(_)
             | QueryError::InvalidParameter { .. }
             | QueryError::InvalidTimeRange { .. }
-            | QueryError::UnsupportedQuery { .. } => StatusCode::BAD_REQUEST,
+            | QueryError::UnsupportedQuery { .. }
+            | QueryError::NotGrouped { .. }
+            | QueryError::TooManyGroups { .. } => StatusCode::BAD_REQUEST,
             QueryError::UnknownProjection { .. } | QueryError::NotFound(_) => StatusCode::NOT_FOUND,
             QueryError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             QueryError::ProjectorsUnavailable { .. } | QueryError::PartitionOverlap { .. } => {

@@ -28,6 +28,8 @@ pub(crate) enum QueryKind {
     Contains,
     /// A series over steps: every kind answers it.
     Series,
+    /// The groups of a grouped projection: distinct and top projections answer it.
+    Groups,
 }
 
 /// How current an answer is, partition by partition.
@@ -97,12 +99,17 @@ impl QueryKind {
             QueryKind::Count => "count",
             QueryKind::Contains => "contains",
             QueryKind::Series => "series",
+            QueryKind::Groups => "groups",
         }
     }
 
     /// Whether a projection of `kind` answers this query.
     pub fn answered_by(self, kind: Kind) -> bool {
-        self == QueryKind::Series || kind == self.projection_kind()
+        match self {
+            QueryKind::Series => true,
+            QueryKind::Groups => kind != Kind::Membership,
+            _ => kind == self.projection_kind(),
+        }
     }
 
     /// The kind of projection that answers this query.
@@ -111,7 +118,7 @@ impl QueryKind {
             QueryKind::Distinct => Kind::Distinct,
             QueryKind::Top | QueryKind::Count => Kind::Top,
             QueryKind::Contains => Kind::Membership,
-            QueryKind::Series => Kind::Distinct,
+            QueryKind::Series | QueryKind::Groups => Kind::Distinct,
         }
     }
 }
@@ -119,8 +126,8 @@ impl QueryKind {
 /// The queries a kind of projection answers, for error messages.
 pub(crate) fn supported_queries(kind: Kind) -> &'static str {
     match kind {
-        Kind::Distinct => "distinct, series",
-        Kind::Top => "top, count, series",
+        Kind::Distinct => "distinct, series, groups (with group_by), overlap",
+        Kind::Top => "top, count, series, groups (with group_by)",
         Kind::Membership => "contains, series",
     }
 }

@@ -22,6 +22,7 @@ mod config;
 mod dashboard;
 mod error;
 mod gather;
+mod groups;
 mod http;
 mod nodes;
 mod params;

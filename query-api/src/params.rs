@@ -47,6 +47,9 @@ pub(crate) const MAX_SERIES_STEPS: i64 = 2_000;
 
 /// How many top items may be asked for at most.
 pub(crate) const MAX_TOP_K: u32 = 1_000;
+/// Most groups one groups answer lists.
+pub(crate) const MAX_GROUPS_LISTED: usize = 1_000;
+
 /// How many top items are returned when `k` is not given.
 pub(crate) const DEFAULT_TOP_K: u32 = 10;
 
@@ -102,6 +105,46 @@ impl Params {
             return Err(invalid());
         }
         Ok(k)
+    }
+
+    /// `group`: a non-empty group name, or `None` when absent.
+    pub fn group(&self) -> Result<Option<&str>, QueryError> {
+        self.non_empty("group")
+    }
+
+    /// A parameter that, when given, must not be empty.
+    pub fn non_empty(&self, name: &'static str) -> Result<Option<&str>, QueryError> {
+        match self.values.get(name) {
+            None => Ok(None),
+            Some(value) if value.is_empty() => Err(QueryError::InvalidParameter {
+                name,
+                reason: "is empty; give a value or leave the parameter out".to_owned(),
+            }),
+            Some(value) => Ok(Some(value)),
+        }
+    }
+
+    /// A required parameter that must not be empty.
+    pub fn required(&self, name: &'static str) -> Result<&str, QueryError> {
+        self.non_empty(name)?
+            .ok_or(QueryError::MissingParameter(name))
+    }
+
+    /// `limit` of a groups answer: 1 to [`MAX_GROUPS_LISTED`], `None` when absent.
+    pub fn group_limit(&self) -> Result<Option<usize>, QueryError> {
+        let Some(raw) = self.values.get("limit") else {
+            return Ok(None);
+        };
+        let limit: usize = raw
+            .trim()
+            .parse()
+            .ok()
+            .filter(|limit| (1..=MAX_GROUPS_LISTED).contains(limit))
+            .ok_or_else(|| QueryError::InvalidParameter {
+                name: "limit",
+                reason: format!("{raw:?} is not a whole number from 1 to {MAX_GROUPS_LISTED}"),
+            })?;
+        Ok(Some(limit))
     }
 
     /// `from`, `to` and `step` of a series: all required; `from` is moved back and `to` forward

@@ -31,28 +31,29 @@ use crate::telemetry;
 /// What every handler shares.
 #[derive(Clone)]
 pub(crate) struct AppState {
-    inner: Arc<Shared>,
+    pub(crate) inner: Arc<Shared>,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     tenants: SharedTenants,
-    nodes: ProjectorNodes,
-    cache: ModelCache,
+    pub(crate) nodes: ProjectorNodes,
+    pub(crate) cache: ModelCache,
     metrics: PrometheusHandle,
 }
 
 /// The tenant of the caller's bearer key.
-struct CallerTenant(String);
+pub(crate) struct CallerTenant(pub(crate) String);
 
 /// The `{name}` segment of a projection route; a segment that is not valid UTF-8 after
 /// percent-decoding gets the JSON error every other bad parameter gets.
-struct ProjectionName(String);
+pub(crate) struct ProjectionName(pub(crate) String);
 
 /// Parameters each endpoint accepts.
-const WINDOW_PARAMS: &[&str] = &["from", "to"];
-const TOP_PARAMS: &[&str] = &["k", "from", "to"];
-const ITEM_PARAMS: &[&str] = &["item", "from", "to"];
-const SERIES_PARAMS: &[&str] = &["from", "to", "step", "k"];
+const WINDOW_PARAMS: &[&str] = &["from", "to", "group"];
+const TOP_PARAMS: &[&str] = &["k", "from", "to", "group"];
+const COUNT_PARAMS: &[&str] = &["item", "from", "to", "group"];
+const CONTAINS_PARAMS: &[&str] = &["item", "from", "to"];
+const SERIES_PARAMS: &[&str] = &["from", "to", "step", "k", "group"];
 
 /// Top items per step of a series when `k` is not given.
 const DEFAULT_SERIES_TOP_K: u32 = 5;
@@ -70,15 +71,18 @@ struct ProjectionsAnswer {
 
 /// The part every read-model answer starts with.
 #[derive(Serialize)]
-struct Window {
-    projection: String,
-    tenant: String,
+pub(crate) struct Window {
+    pub(crate) projection: String,
+    /// The group asked about, for an answer about one group of a grouped projection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) group: Option<String>,
+    pub(crate) tenant: String,
     /// Epoch ms, inclusive; `null` is unbounded.
-    from: Option<i64>,
+    pub(crate) from: Option<i64>,
     /// Epoch ms, exclusive; `null` is unbounded.
-    to: Option<i64>,
+    pub(crate) to: Option<i64>,
     /// Exact number of values folded into the read model the answer comes from.
-    events: u64,
+    pub(crate) events: u64,
 }
 
 #[derive(Serialize)]
@@ -133,6 +137,8 @@ struct Membership {
 #[derive(Serialize)]
 struct SeriesAnswer {
     projection: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<String>,
     tenant: String,
     kind: Kind,
     /// Epoch ms of the first step's start and of the last step's end.
@@ -209,6 +215,8 @@ pub(crate) fn build(
         .route("/v1/projections/{name}/count", get(count))
         .route("/v1/projections/{name}/contains", get(contains))
         .route("/v1/projections/{name}/series", get(series))
+        .route("/v1/projections/{name}/groups", get(crate::groups::groups))
+        .route("/v1/overlap", get(crate::groups::overlap))
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))
         .merge(crate::dashboard::router())
@@ -240,13 +248,14 @@ async fn distinct(
 ) -> Result<Json<DistinctAnswer>, QueryError> {
     let params = Params::new(query_pairs(query)?, WINDOW_PARAMS)?;
     let range = params.time_range()?;
+    let group = params.group()?;
     let gathered = gather(&state, &name, &tenant, range, QueryKind::Distinct).await?;
-    let (model, freshness) = answerable(gathered);
+    let (model, freshness) = in_group(&state, &name, gathered, group).await?;
     let distinct = model
         .distinct()
         .ok_or_else(|| kind_mismatch(&name, &model))?;
     Ok(Json(DistinctAnswer {
-        window: window(name, tenant, range, &model),
+        window: window(name, group, tenant, range, &model),
         distinct,
         freshness,
     }))
@@ -261,13 +270,14 @@ async fn top(
     let params = Params::new(query_pairs(query)?, TOP_PARAMS)?;
     let range = params.time_range()?;
     let k = params.top_k()?;
+    let group = params.group()?;
     let gathered = gather(&state, &name, &tenant, range, QueryKind::Top).await?;
-    let (model, freshness) = answerable(gathered);
+    let (model, freshness) = in_group(&state, &name, gathered, group).await?;
     let top = model
         .top(k as usize)
         .ok_or_else(|| kind_mismatch(&name, &model))?;
     Ok(Json(TopAnswer {
-        window: window(name, tenant, range, &model),
+        window: window(name, group, tenant, range, &model),
         k,
         top,
         freshness,
@@ -280,16 +290,17 @@ async fn count(
     ProjectionName(name): ProjectionName,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<CountAnswer>, QueryError> {
-    let params = Params::new(query_pairs(query)?, ITEM_PARAMS)?;
+    let params = Params::new(query_pairs(query)?, COUNT_PARAMS)?;
     let range = params.time_range()?;
     let item = params.item()?;
+    let group = params.group()?;
     let gathered = gather(&state, &name, &tenant, range, QueryKind::Count).await?;
-    let (model, freshness) = answerable(gathered);
+    let (model, freshness) = in_group(&state, &name, gathered, group).await?;
     let count = model
         .count(item)
         .ok_or_else(|| kind_mismatch(&name, &model))?;
     Ok(Json(CountAnswer {
-        window: window(name, tenant, range, &model),
+        window: window(name, group, tenant, range, &model),
         count,
         freshness,
     }))
@@ -301,7 +312,7 @@ async fn contains(
     ProjectionName(name): ProjectionName,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<ContainsAnswer>, QueryError> {
-    let params = Params::new(query_pairs(query)?, ITEM_PARAMS)?;
+    let params = Params::new(query_pairs(query)?, CONTAINS_PARAMS)?;
     let range = params.time_range()?;
     let item = params.item()?;
     let gathered = gather(&state, &name, &tenant, range, QueryKind::Contains).await?;
@@ -331,6 +342,7 @@ async fn contains(
     Ok(Json(ContainsAnswer {
         window: Window {
             projection: name,
+            group: None,
             tenant,
             from: range.from,
             to: range.to,
@@ -415,7 +427,7 @@ impl FromRequestParts<AppState> for CallerTenant {
 }
 
 /// Checks the projection name, then gathers its read model from every node.
-async fn gather(
+pub(crate) async fn gather(
     state: &AppState,
     name: &str,
     tenant: &str,
@@ -442,15 +454,32 @@ async fn series(
 ) -> Result<Json<SeriesAnswer>, QueryError> {
     let params = Params::new(query_pairs(query)?, SERIES_PARAMS)?;
     check_name(&name)?;
-    let bucket_ms = bucket_of(&state, &name).await?;
+    let info = projection_info(&state, &name).await?;
+    let bucket_ms =
+        bucket_ms_of(&info).ok_or_else(|| QueryError::UnknownProjection { name: name.clone() })?;
     let range = params.series_range(bucket_ms)?;
     let k = params.top_k_or(DEFAULT_SERIES_TOP_K)?;
+    let group = params.group()?;
+    if group.is_some() && group_by_of(&info).is_none() {
+        return Err(QueryError::NotGrouped { name });
+    }
     let gathered =
         gather::gather_series(&state.inner.nodes, &name, &tenant, range, QueryKind::Series).await?;
     let kind = gathered.kind;
-    let mut points = Vec::with_capacity(gathered.steps.len());
+    let mut steps = Vec::with_capacity(gathered.steps.len());
+    for model in gathered.steps {
+        steps.push(match (model, group) {
+            (Some(model), Some(group)) => Some(
+                model
+                    .group(group)
+                    .ok_or_else(|| QueryError::NotGrouped { name: name.clone() })?,
+            ),
+            (model, _) => model,
+        });
+    }
+    let mut points = Vec::with_capacity(steps.len());
     let mut total: Option<ReadModel> = None;
-    for (index, model) in gathered.steps.into_iter().enumerate() {
+    for (index, model) in steps.into_iter().enumerate() {
         let start = range.from + index as i64 * range.step;
         let before = total.as_ref().and_then(ReadModel::distinct);
         // An empty step adds nothing to the total. Its answer is built from an empty model of
@@ -513,6 +542,7 @@ async fn series(
     let total = total.unwrap_or_else(|| empty_read_model(kind));
     Ok(Json(SeriesAnswer {
         projection: name,
+        group: group.map(str::to_owned),
         tenant,
         kind,
         from: range.from,
@@ -542,20 +572,62 @@ fn check_name(name: &str) -> Result<(), QueryError> {
     }
 }
 
-/// The bucket width of projection `name`, from the first node that lists it.
-async fn bucket_of(state: &AppState, name: &str) -> Result<i64, QueryError> {
+/// The definition of projection `name`, from the first node that lists it.
+pub(crate) async fn projection_info(
+    state: &AppState,
+    name: &str,
+) -> Result<ProjectionInfo, QueryError> {
     let status = gather::gather_status(&state.inner.nodes).await?;
     status
         .projections
-        .iter()
+        .into_iter()
         .find(|p| p.name == name)
-        .and_then(|p| {
-            p.details
-                .get("bucket_ms")
-                .and_then(serde_json::Value::as_i64)
-        })
-        .filter(|&bucket| bucket > 0)
         .ok_or_else(|| QueryError::UnknownProjection { name: name.into() })
+}
+
+/// The bucket width of a projection, when its node reported a valid one.
+fn bucket_ms_of(info: &ProjectionInfo) -> Option<i64> {
+    info.details
+        .get("bucket_ms")
+        .and_then(serde_json::Value::as_i64)
+        .filter(|&bucket| bucket > 0)
+}
+
+/// The field a projection groups by, if it is grouped.
+pub(crate) fn group_by_of(info: &ProjectionInfo) -> Option<&str> {
+    info.details
+        .get("group_by")
+        .and_then(serde_json::Value::as_str)
+}
+
+/// The read model a query answers from and its freshness: the merged read model, or with
+/// `group` the read model of that group (empty when the group holds nothing in the window).
+/// A group of a projection without `group_by` is refused.
+pub(crate) async fn in_group(
+    state: &AppState,
+    name: &str,
+    gathered: Gathered,
+    group: Option<&str>,
+) -> Result<(ReadModel, Freshness), QueryError> {
+    let Some(group) = group else {
+        return Ok(answerable(gathered));
+    };
+    match &gathered.read_model {
+        Some(model) => {
+            let selected = model
+                .group(group)
+                .ok_or_else(|| QueryError::NotGrouped { name: name.into() })?;
+            Ok((selected, gathered.freshness))
+        }
+        // Nothing in the window: whether the projection has groups at all is in its definition.
+        None => {
+            let info = projection_info(state, name).await?;
+            if group_by_of(&info).is_none() {
+                return Err(QueryError::NotGrouped { name: name.into() });
+            }
+            Ok(answerable(gathered))
+        }
+    }
 }
 
 /// The merged read model, or, when no node holds any bucket of the tenant in the window, an
@@ -564,7 +636,7 @@ async fn bucket_of(state: &AppState, name: &str) -> Result<i64, QueryError> {
 /// The empty read model is built with the kind's default parameters. That is exact for the
 /// distinct, top and count answers, which are zero whatever the parameters; the membership
 /// answer, whose configured rate does depend on them, does not come through here.
-fn answerable(gathered: Gathered) -> (ReadModel, Freshness) {
+pub(crate) fn answerable(gathered: Gathered) -> (ReadModel, Freshness) {
     let model = gathered
         .read_model
         .unwrap_or_else(|| empty_read_model(gathered.kind));
@@ -576,9 +648,16 @@ fn empty_read_model(kind: Kind) -> ReadModel {
         .expect("the default sketch parameters of every kind are valid")
 }
 
-fn window(projection: String, tenant: String, range: TimeRange, model: &ReadModel) -> Window {
+fn window(
+    projection: String,
+    group: Option<&str>,
+    tenant: String,
+    range: TimeRange,
+    model: &ReadModel,
+) -> Window {
     Window {
         projection,
+        group: group.map(str::to_owned),
         tenant,
         from: range.from,
         to: range.to,
@@ -588,14 +667,14 @@ fn window(projection: String, tenant: String, range: TimeRange, model: &ReadMode
 
 /// The read model is of another kind than the nodes said; gathering checks the kind first, so
 /// this means a node's bytes and its declared kind differ.
-fn kind_mismatch(name: &str, model: &ReadModel) -> QueryError {
+pub(crate) fn kind_mismatch(name: &str, model: &ReadModel) -> QueryError {
     QueryError::ProjectorsDisagree {
         name: name.into(),
         reason: format!("a node returned a {} read model", model.kind()),
     }
 }
 
-fn query_pairs(
+pub(crate) fn query_pairs(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Vec<(String, String)>, QueryError> {
     query

@@ -55,11 +55,15 @@ struct FakeNode {
 }
 
 /// The projections every fake node knows.
-const PROJECTIONS: [(&str, Kind); 3] = [
+const PROJECTIONS: [(&str, Kind); 4] = [
     ("visitors", Kind::Distinct),
     ("pages", Kind::Top),
     ("seen_users", Kind::Membership),
+    ("channel_users", Kind::Distinct),
 ];
+
+/// The grouped projection of [`PROJECTIONS`] and the field it groups by.
+const GROUPED: (&str, &str) = ("channel_users", "properties.channel");
 
 impl FakeNode {
     fn new(name: &'static str, partitions: &[i32]) -> FakeNode {
@@ -121,8 +125,13 @@ async fn fake_projections() -> Json<Value> {
     let projections: Vec<Value> = PROJECTIONS
         .iter()
         .map(|(name, kind)| {
-            json!({"name": name, "kind": kind, "field": "key", "event_type": "page_view",
-                   "bucket_ms": 3_600_000})
+            let mut projection = json!({"name": name, "kind": kind, "field": "key",
+                "event_type": "page_view", "bucket_ms": 3_600_000});
+            if *name == GROUPED.0 {
+                projection["group_by"] = json!(GROUPED.1);
+                projection["max_groups"] = json!(2_000);
+            }
+            projection
         })
         .collect();
     Json(json!({ "projections": projections }))
@@ -214,6 +223,18 @@ fn membership_model(items: &[&str]) -> ReadModel {
     let mut model = ReadModel::new(&SketchParams::default_for(Kind::Membership)).unwrap();
     for item in items {
         model.update(item);
+    }
+    model
+}
+
+/// A grouped distinct read model: every (group, users) pair folds those users into the group.
+fn grouped_model(groups: &[(&str, std::ops::Range<u32>)]) -> ReadModel {
+    let mut model =
+        ReadModel::new_grouped(&SketchParams::default_for(Kind::Distinct), 2_000).unwrap();
+    for (group, range) in groups {
+        for user in users(range.clone()) {
+            model.update_in(&user, Some(group));
+        }
     }
     model
 }
@@ -841,8 +862,11 @@ async fn test_projections_lists_definitions_and_all_partitions() {
     let (status, body) = get_json(&format!("{api}/v1/projections"), Some(GLOBEX_KEY)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let projections = body["projections"].as_array().unwrap();
-    assert_eq!(projections.len(), 3);
+    assert_eq!(projections.len(), PROJECTIONS.len());
     assert_eq!(projections[0]["name"], "visitors");
+    assert!(projections[0].get("group_by").is_none());
+    assert_eq!(projections[3]["group_by"], GROUPED.1);
+    assert_eq!(projections[3]["max_groups"], 2_000);
     assert_eq!(projections[0]["kind"], "distinct");
     assert_eq!(projections[0]["bucket_ms"], 3_600_000);
     assert_eq!(projections[1]["kind"], "top");
@@ -1118,6 +1142,11 @@ async fn test_every_answer_matches_the_openapi_document() {
         .with_model("acme", "visitors", &distinct_model(users(0..300)))
         .with_model("acme", "pages", &top_model(&[("/home", 30), ("/docs", 4)]))
         .with_model("acme", "seen_users", &membership_model(&["alice"]))
+        .with_model(
+            "acme",
+            GROUPED.0,
+            &grouped_model(&[("#en", 0..100), ("#de", 50..80)]),
+        )
         .start()
         .await;
     let api = start_query_api(vec![node, dead_url().await]).await;
@@ -1164,6 +1193,36 @@ async fn test_every_answer_matches_the_openapi_document() {
             "/v1/projections/seen_users/series?from=0&to=3600000&step=1h",
             ok,
         ),
+        (
+            "/v1/projections/{name}/groups",
+            "/v1/projections/channel_users/groups?limit=1",
+            ok,
+        ),
+        (
+            "/v1/projections/{name}/distinct",
+            "/v1/projections/channel_users/distinct?group=%23de",
+            ok,
+        ),
+        (
+            "/v1/projections/{name}/series",
+            "/v1/projections/channel_users/series?from=0&to=3600000&step=1h&group=%23en",
+            ok,
+        ),
+        (
+            "/v1/overlap",
+            "/v1/overlap?a=channel_users&a_group=%23en&b=visitors&from=0",
+            ok,
+        ),
+        (
+            "/v1/projections/{name}/groups",
+            "/v1/projections/visitors/groups",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/v1/overlap",
+            "/v1/overlap?a=visitors",
+            StatusCode::BAD_REQUEST,
+        ),
         ("/healthz", "/healthz", ok),
         (
             "/v1/projections/{name}/top",
@@ -1190,10 +1249,10 @@ async fn test_every_answer_matches_the_openapi_document() {
         let body =
             check_against_document(&document, &api, template, path, Some(ACME_KEY), *status).await;
         if template.starts_with("/v1/") && *status == ok {
-            let freshness = if *template == "/v1/projections" {
-                &body
-            } else {
-                &body["freshness"]
+            let freshness = match *template {
+                "/v1/projections" => &body,
+                "/v1/overlap" => &body["a"]["freshness"],
+                _ => &body["freshness"],
             };
             assert_eq!(freshness["complete"], false, "{path}: one node is down");
         }
@@ -1434,4 +1493,253 @@ async fn test_answers_are_gzipped_only_when_the_client_accepts_it() {
     assert!(plain.headers().get("content-encoding").is_none());
     let body: Value = plain.json().await.unwrap();
     assert_eq!(body, openapi_document());
+}
+
+#[tokio::test]
+async fn test_groups_merge_across_nodes_and_list_largest_first() {
+    // #en: users 0..600 on one node and 300..900 on the other (900 distinct); #de: 0..200;
+    // #fr: 1000..1050; one value without a group.
+    let mut first = grouped_model(&[("#en", 0..600), ("#de", 0..200)]);
+    first.update_in("user-x", None);
+    let a = FakeNode::new("projector-1", &[0])
+        .with_model("acme", GROUPED.0, &first)
+        .start()
+        .await;
+    let b = FakeNode::new("projector-2", &[1])
+        .with_model(
+            "acme",
+            GROUPED.0,
+            &grouped_model(&[("#en", 300..900), ("#fr", 1000..1050)]),
+        )
+        .start()
+        .await;
+    let api = start_query_api(vec![a, b]).await;
+
+    let (status, body) = get_json(
+        &format!("{api}/v1/projections/channel_users/groups"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["group_by"], "properties.channel");
+    assert_eq!(body["kind"], "distinct");
+    assert_eq!(body["groups_total"], 3);
+    assert_eq!(body["truncated"], false);
+    assert_eq!(body["without_group"], 1);
+    assert_eq!(body["past_max_groups"], 0);
+    assert_eq!(body["events"], 600 + 200 + 1 + 600 + 50);
+    let groups = body["groups"].as_array().unwrap();
+    let names: Vec<&str> = groups
+        .iter()
+        .map(|g| g["group"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["#en", "#de", "#fr"], "largest first: {body}");
+    for (group, truth) in groups.iter().zip([900.0, 200.0, 50.0]) {
+        let distinct = &group["distinct"];
+        let (low, high) = (
+            distinct["lower_bound"].as_f64().unwrap(),
+            distinct["upper_bound"].as_f64().unwrap(),
+        );
+        assert!(low <= truth && truth <= high, "{group}");
+    }
+    assert_eq!(groups[0]["events"], 1200, "events add up across nodes");
+
+    let (status, body) = get_json(
+        &format!("{api}/v1/projections/channel_users/groups?limit=2"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["groups"].as_array().unwrap().len(), 2);
+    assert_eq!(body["groups_total"], 3);
+    assert_eq!(body["truncated"], true);
+
+    // One group of the projection through the distinct endpoint, and the total without it.
+    let (status, body) = get_json(
+        &format!("{api}/v1/projections/channel_users/distinct?group=%23de"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["group"], "#de");
+    assert_eq!(body["events"], 200);
+    let estimate = body["distinct"]["estimate"].as_f64().unwrap();
+    assert!((estimate - 200.0).abs() < 10.0, "{body}");
+    let (_, total) = get_json(
+        &format!("{api}/v1/projections/channel_users/distinct"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert!(total.get("group").is_none(), "{total}");
+    assert_eq!(total["events"], 1451);
+    let (status, body) = get_json(
+        &format!("{api}/v1/projections/channel_users/distinct?group=%23nowhere"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["events"], 0);
+    assert_eq!(body["distinct"]["estimate"], 0.0);
+
+    let (status, body) = get_json(
+        &format!("{api}/v1/projections/channel_users/series?from=0&to=7200000&step=1h&group=%23fr"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["group"], "#fr");
+    assert_eq!(body["points"][0]["events"], 50);
+}
+
+#[tokio::test]
+async fn test_group_mistakes_are_clear_400s() {
+    let node = FakeNode::new("projector-1", &[0])
+        .with_model("acme", "visitors", &distinct_model(users(0..10)))
+        .with_model("acme", "pages", &top_model(&[("/", 3)]))
+        .start()
+        .await;
+    let api = start_query_api(vec![node]).await;
+    let cases = [
+        ("/v1/projections/visitors/distinct?group=x", "not_grouped"),
+        ("/v1/projections/visitors/groups", "not_grouped"),
+        (
+            "/v1/projections/pages/count?item=%2F&group=x",
+            "not_grouped",
+        ),
+        (
+            "/v1/projections/visitors/series?from=0&to=3600000&step=1h&group=x",
+            "not_grouped",
+        ),
+        ("/v1/projections/seen_users/groups", "unsupported_query"),
+        (
+            "/v1/projections/seen_users/contains?item=x&group=x",
+            "unknown_parameter",
+        ),
+        (
+            "/v1/projections/channel_users/distinct?group=",
+            "invalid_parameter",
+        ),
+        (
+            "/v1/projections/channel_users/groups?limit=0",
+            "invalid_parameter",
+        ),
+        (
+            "/v1/projections/channel_users/groups?limit=1001",
+            "invalid_parameter",
+        ),
+        ("/v1/overlap?a=visitors", "missing_parameter"),
+        ("/v1/overlap?a=visitors&b=pages", "unsupported_query"),
+        ("/v1/overlap?a=visitors&b=visitors&b_group=x", "not_grouped"),
+        ("/v1/overlap?a=visitors&b=nope", "unknown_projection"),
+    ];
+    for (path, code) in cases {
+        let (status, body) = get_json(&format!("{api}{path}"), Some(ACME_KEY)).await;
+        assert_eq!(error_code(&body), code, "{path}: {body}");
+        let expected = if code == "unknown_projection" {
+            404
+        } else {
+            400
+        };
+        assert_eq!(status.as_u16(), expected, "{path}: {body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().len() > 20,
+            "{path}: {body}"
+        );
+    }
+    // A grouped projection with no data in the window answers an empty group.
+    let (status, body) = get_json(
+        &format!("{api}/v1/projections/channel_users/distinct?group=x"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["events"], 0);
+}
+
+#[tokio::test]
+async fn test_groups_past_the_listing_cap_need_a_limit() {
+    let mut model =
+        ReadModel::new_grouped(&SketchParams::default_for(Kind::Distinct), 2_000).unwrap();
+    for group in 0..1_001 {
+        model.update_in(&format!("user-{group}"), Some(&format!("g{group:04}")));
+    }
+    let node = FakeNode::new("projector-1", &[0])
+        .with_model("acme", GROUPED.0, &model)
+        .start()
+        .await;
+    let api = start_query_api(vec![node]).await;
+    let (status, body) = get_json(
+        &format!("{api}/v1/projections/channel_users/groups"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(error_code(&body), "too_many_groups");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the window holds 1001 groups, more than the 1000"),
+        "{body}"
+    );
+    let (status, body) = get_json(
+        &format!("{api}/v1/projections/channel_users/groups?limit=1000"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["groups"].as_array().unwrap().len(), 1000);
+    assert_eq!(body["truncated"], true);
+}
+
+#[tokio::test]
+async fn test_overlap_of_groups_and_projections_with_bounds() {
+    // #en: users 0..3000, #de: users 2000..4000: 1000 in both, 4000 in either.
+    let grouped = grouped_model(&[("#en", 0..3000), ("#de", 2000..4000)]);
+    let node = FakeNode::new("projector-1", &[0])
+        .with_model("acme", GROUPED.0, &grouped)
+        .with_model("acme", "visitors", &distinct_model(users(3500..6000)))
+        .start()
+        .await;
+    let api = start_query_api(vec![node]).await;
+    let within = |estimate: &Value, truth: f64| {
+        let low = estimate["lower_bound"].as_f64().unwrap();
+        let high = estimate["upper_bound"].as_f64().unwrap();
+        let value = estimate["estimate"].as_f64().unwrap();
+        assert!(low <= value && value <= high, "{estimate}");
+        assert!(low <= truth && truth <= high, "{truth} outside {estimate}");
+    };
+
+    let (status, body) = get_json(
+        &format!("{api}/v1/overlap?a=channel_users&a_group=%23en&b=channel_users&b_group=%23de"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["a"]["group"], "#en");
+    assert_eq!(body["b"]["events"], 2000);
+    within(&body["a"]["distinct"], 3000.0);
+    within(&body["union"], 4000.0);
+    within(&body["intersection"], 1000.0);
+    let confidence = body["intersection"]["confidence"].as_f64().unwrap();
+    assert!((0.85..0.87).contains(&confidence), "{body}");
+
+    // A group against another projection, and a whole grouped projection (its total).
+    let (status, body) = get_json(
+        &format!("{api}/v1/overlap?a=visitors&b=channel_users&b_group=%23de"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // visitors: 3500..6000; #de: 2000..4000.
+    within(&body["union"], 4000.0);
+    within(&body["intersection"], 500.0);
+    let (status, body) = get_json(
+        &format!("{api}/v1/overlap?a=visitors&b=channel_users"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    within(&body["union"], 6000.0);
+    within(&body["intersection"], 500.0);
 }
