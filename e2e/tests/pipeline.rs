@@ -442,6 +442,49 @@ async fn test_events_posted_to_ingest_come_back_out_of_the_query_api() {
         assert_eq!(answer["maybe_present"], true, "{answer}");
     }
 
+    // Distinct users per path (group_by): every group within its bounds, largest first, and
+    // the overlap of two paths' users by inclusion and exclusion.
+    let mut users_of: HashMap<String, HashSet<String>> = HashMap::new();
+    for event in &tenant_a {
+        users_of
+            .entry(event["properties"]["path"].as_str().unwrap().into())
+            .or_default()
+            .insert(event["key"].as_str().unwrap().into());
+    }
+    let within = |estimate: &Value, truth: usize| {
+        let (lower, upper) = (
+            estimate["lower_bound"].as_f64().unwrap(),
+            estimate["upper_bound"].as_f64().unwrap(),
+        );
+        assert!(
+            lower <= truth as f64 && truth as f64 <= upper,
+            "{truth} outside {estimate}"
+        );
+    };
+    let groups = pipeline
+        .query(TENANT_A_KEY, "/v1/projections/visitors_by_path/groups")
+        .await;
+    assert_eq!(groups["groups_total"], users_of.len(), "{groups}");
+    assert_eq!(groups["events"], 3_000);
+    let listed = groups["groups"].as_array().unwrap();
+    assert_eq!(
+        listed[0]["group"], "/home",
+        "the path with the most users first"
+    );
+    for group in listed {
+        let path = group["group"].as_str().unwrap();
+        within(&group["distinct"], users_of[path].len());
+    }
+    let overlap = pipeline
+        .query(
+            TENANT_A_KEY,
+            "/v1/overlap?a=visitors_by_path&a_group=/home&b=visitors_by_path&b_group=/page/1",
+        )
+        .await;
+    let (home, page) = (&users_of["/home"], &users_of["/page/1"]);
+    within(&overlap["union"], home.union(page).count());
+    within(&overlap["intersection"], home.intersection(page).count());
+
     // A time range selects buckets: nothing was sent before 10:00 on the first day.
     let all = distinct["events"].as_u64().unwrap();
     let early = pipeline

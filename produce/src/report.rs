@@ -113,8 +113,113 @@ pub async fn report(
             Kind::Top => top(&mut out, projection, &values, api).await?,
             Kind::Membership => membership(&mut out, projection, &values, api).await?,
         }
+        if projection.kind == Kind::Distinct && projection.group_by.is_some() {
+            groups(&mut out, projection, &records, api).await?;
+        }
     }
     Ok(out)
+}
+
+/// Distinct values of the largest groups of a grouped distinct projection, and the overlap of
+/// the two largest, next to the exact values.
+async fn groups(
+    out: &mut String,
+    projection: &Projection,
+    records: &[Record],
+    api: &QueryApi,
+) -> anyhow::Result<()> {
+    const SHOWN: usize = 5;
+    let mut exact: HashMap<String, HashSet<String>> = HashMap::new();
+    for record in records {
+        if let (Some(value), Some(group)) =
+            (projection.value_of(record), projection.group_of(record))
+        {
+            exact
+                .entry(group.into_owned())
+                .or_default()
+                .insert(value.into_owned());
+        }
+    }
+    let answer = api
+        .get(
+            &format!("/v1/projections/{}/groups", projection.name),
+            &[("limit", &SHOWN.to_string())],
+        )
+        .await?;
+    writeln!(
+        out,
+        "  {:<14} groups {} (exact {}), the {SHOWN} with the most distinct values:",
+        projection.name,
+        answer["groups_total"],
+        exact.len()
+    )?;
+    let listed = answer["groups"].as_array().cloned().unwrap_or_default();
+    for group in &listed {
+        let name = group["group"].as_str().unwrap_or_default();
+        let truth = exact.get(name).map_or(0, HashSet::len) as f64;
+        let estimate = group["distinct"]["estimate"].as_f64().unwrap_or(f64::NAN);
+        let lower = group["distinct"]["lower_bound"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        let upper = group["distinct"]["upper_bound"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        let inside = if (lower..=upper).contains(&truth) {
+            "yes"
+        } else {
+            "NO"
+        };
+        writeln!(
+            out,
+            "    {:<28} exact {:>8}  estimate {:>10.1}  error {:+.2}%  exact within bounds: {inside}",
+            truncate(name, 28),
+            truth,
+            estimate,
+            (estimate - truth) / truth * 100.0
+        )?;
+    }
+    if let [first, second, ..] = listed.as_slice() {
+        let (a, b) = (
+            first["group"].as_str().unwrap_or_default(),
+            second["group"].as_str().unwrap_or_default(),
+        );
+        let answer = api
+            .get(
+                "/v1/overlap",
+                &[
+                    ("a", projection.name.as_str()),
+                    ("a_group", a),
+                    ("b", projection.name.as_str()),
+                    ("b_group", b),
+                ],
+            )
+            .await?;
+        let empty = HashSet::new();
+        let (sa, sb) = (
+            exact.get(a).unwrap_or(&empty),
+            exact.get(b).unwrap_or(&empty),
+        );
+        for (what, truth) in [
+            ("union", sa.union(sb).count() as f64),
+            ("intersection", sa.intersection(sb).count() as f64),
+        ] {
+            let estimate = &answer[what];
+            let value = estimate["estimate"].as_f64().unwrap_or(f64::NAN);
+            let lower = estimate["lower_bound"].as_f64().unwrap_or(f64::NAN);
+            let upper = estimate["upper_bound"].as_f64().unwrap_or(f64::NAN);
+            let inside = if (lower..=upper).contains(&truth) {
+                "yes"
+            } else {
+                "NO"
+            };
+            writeln!(
+                out,
+                "    {what} of the two largest: exact {truth}  estimate {value:.1}  bounds \
+                 [{lower:.1}, {upper:.1}]  exact within bounds: {inside}"
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn to_records(events: &[Value], tenant: &str) -> anyhow::Result<Vec<Record>> {

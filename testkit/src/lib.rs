@@ -29,6 +29,14 @@ event_type = "view"
 bucket = "1h"
 
 [[projection]]
+name = "visitors_by_path"
+kind = "distinct"
+field = "key"
+event_type = "view"
+bucket = "1h"
+group_by = "properties.path"
+
+[[projection]]
 name = "known_visitors"
 kind = "membership"
 field = "key"
