@@ -10,13 +10,14 @@
 //! |--------|------|-------------------------------------------------------------|
 //! | 0      | 2    | magic `b"RM"`                                               |
 //! | 2      | 1    | format version, `2`                                         |
-//! | 3      | 1    | kind: `1` distinct, `2` top, `3` membership; high bit: grouped |
+//! | 3      | 1    | kind: `1` distinct, `2` top, `3` membership; `0x80`: grouped; `0x40`: top with item filter |
 //! | 4      | 8    | events: exact number of values folded in, u64               |
 //! | 12     | ...  | the kind's payloads, each a u32 length then that many bytes |
 //!
 //! * distinct: one DataSketches HLL image with HLL_4 registers (see `distinct`);
 //! * top: this crate's conservative-update count-min sketch (see `count_min`), then a
-//!   DataSketches frequent-items image of UTF-8 strings;
+//!   DataSketches frequent-items image of UTF-8 strings, then, with `0x40` set, the item
+//!   filter: a membership configuration and its stages, as for membership (see `top`);
 //! * membership: a 17-byte configuration (`expected_items` u64, `false_positive_rate` f64 bits,
 //!   stage count u8), then one DataSketches Bloom image per stage (see `membership`).
 //!
@@ -62,6 +63,9 @@ const HEADER_LEN: usize = 12;
 
 /// Bit of the kind byte set when the read model is grouped.
 const GROUPED: u8 = 0x80;
+
+/// Bit of the kind byte set when a top read model carries its item filter.
+const ITEM_FILTER: u8 = 0x40;
 
 /// One sketch read model and the exact number of values folded into it.
 #[derive(Clone)]
@@ -133,6 +137,9 @@ pub struct CountEstimate {
     /// Additive count-min error, `ceil(e / width * total)`: the true count is at least
     /// `estimate - error_bound` with probability `confidence`.
     pub error_bound: u64,
+    /// The item filter reports the value absent: it was certainly never counted, and the count
+    /// of 0 is exact (no count-min error applies).
+    pub never_seen: bool,
     /// `1 - e^-depth`, the probability that `error_bound` holds.
     pub confidence: f64,
     /// Total number of values counted.
@@ -210,7 +217,7 @@ pub enum ReadModelError {
     },
     /// An unknown kind byte.
     #[error(
-        "read model kind byte {found} is unknown (1 distinct, 2 top, 3 membership, 129 and 130 grouped distinct and top); the bytes are corrupt"
+        "read model kind byte {found} is unknown (1 distinct, 2 top, 3 membership; 0x40 added for a top read model with its item filter, 0x80 for a grouped distinct or top); the bytes are corrupt"
     )]
     UnknownKind {
         /// The kind byte.
@@ -482,10 +489,7 @@ impl ReadModel {
     pub fn to_bytes(&self) -> Vec<u8> {
         let payloads: Vec<Vec<u8>> = match &self.sketch {
             Sketch::Distinct(hll) => vec![hll.encode()],
-            Sketch::Top(top) => {
-                let (counts, heavy) = top.encode();
-                vec![counts, heavy]
-            }
+            Sketch::Top(top) => top.encode(),
             Sketch::Membership(filter) => {
                 let mut payloads = vec![filter.encode_config()];
                 payloads.extend(filter.encode_stages());
@@ -494,6 +498,9 @@ impl ReadModel {
         };
         let mut payloads = payloads;
         let mut kind = kind_byte(self.kind());
+        if matches!(&self.sketch, Sketch::Top(top) if top.has_item_filter()) {
+            kind |= ITEM_FILTER;
+        }
         if let Some(groups) = &self.groups {
             payloads.push(groups.encode());
             kind |= GROUPED;
@@ -529,10 +536,11 @@ impl ReadModel {
         }
         let kind_byte = reader.take("kind", 1)?[0];
         let grouped = kind_byte & GROUPED != 0;
-        let kind = match kind_byte & !GROUPED {
-            1 => Kind::Distinct,
-            2 => Kind::Top,
-            3 if !grouped => Kind::Membership,
+        let item_filter = kind_byte & ITEM_FILTER != 0;
+        let kind = match (kind_byte & !(GROUPED | ITEM_FILTER), item_filter) {
+            (1, false) => Kind::Distinct,
+            (2, _) => Kind::Top,
+            (3, false) if !grouped => Kind::Membership,
             _ => return Err(ReadModelError::UnknownKind { found: kind_byte }),
         };
         let events =
@@ -550,8 +558,22 @@ impl ReadModel {
                 let counts = reader.payload("count-min sketch")?;
                 let heavy = reader.payload("frequent items sketch")?;
                 check_frequent_items_header(heavy)?;
-                let top = Top::decode(counts, heavy, SketchParams::MAX_COUNTERS)
-                    .map_err(|(sketch, reason)| ReadModelError::CorruptSketch { sketch, reason })?;
+                let mut stages = Vec::new();
+                if item_filter {
+                    let config = reader.payload("item filter configuration")?;
+                    let count = Top::decode_item_filter_config(config)
+                        .map_err(corrupt("item filter configuration"))?;
+                    for _ in 0..count {
+                        stages.push(reader.payload("item filter")?);
+                    }
+                }
+                let top = Top::decode(
+                    counts,
+                    heavy,
+                    item_filter.then_some(stages.as_slice()),
+                    SketchParams::MAX_COUNTERS,
+                )
+                .map_err(|(sketch, reason)| ReadModelError::CorruptSketch { sketch, reason })?;
                 if top.total() != events {
                     return Err(ReadModelError::CorruptSketch {
                         sketch: "count-min sketch",
@@ -1072,11 +1094,17 @@ mod tests {
         // The Wikipedia sample: 39244 edits of 35143 pages, folded as the projector does (one
         // read model per hour and partition: 96) and merged as a query does. Only a few pages
         // stand out (the largest has 33 edits), so a small map purges them away in the merge.
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/data/wikipedia-edits-2015-09-12.ndjson.gz");
+        // DATA_DIR as for deploy/demo.sh, else ../shared/data beside the repository.
+        let data_dir = std::env::var_os("DATA_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data")
+            });
+        let path = data_dir.join("wikipedia-edits-2015-09-12.ndjson.gz");
         let file = std::fs::File::open(&path).unwrap_or_else(|error| {
             panic!(
-                "{}: {error}; the shared data sets sit beside the repository",
+                "{}: {error}; the shared data sets sit in ../shared/data beside the repository, \
+                 or set DATA_DIR to the folder holding them",
                 path.display()
             )
         });
@@ -1444,13 +1472,23 @@ mod tests {
         let bytes = model.to_bytes();
         assert_eq!(&bytes[..2], b"RM");
         assert_eq!(bytes[2], 2);
-        assert_eq!(bytes[3], 2);
+        assert_eq!(bytes[3], 0x42, "top with its item filter");
         assert_eq!(u64::from_le_bytes(bytes[4..12].try_into().unwrap()), 3);
         let Sketch::Top(sketch) = &model.sketch else {
             unreachable!()
         };
-        let (counts, heavy) = sketch.encode();
-        assert_eq!(payloads(&bytes), [counts.as_slice(), heavy.as_slice()]);
+        let encoded = sketch.encode();
+        assert_eq!(
+            payloads(&bytes),
+            encoded.iter().map(Vec::as_slice).collect::<Vec<_>>()
+        );
+        let [counts, heavy, filter_config, _stage] = encoded.as_slice() else {
+            panic!("counts, frequent items, filter configuration, one stage");
+        };
+        assert_eq!(
+            u64::from_le_bytes(filter_config[..8].try_into().unwrap()),
+            1024
+        );
         // Count-min: width, depth, total, non-zero counters (3 values in 5 rows).
         assert_eq!(u32::from_le_bytes(counts[0..4].try_into().unwrap()), 1024);
         assert_eq!(counts[4], 5);
@@ -1895,5 +1933,138 @@ mod tests {
                 prop_assert_eq!(estimate.upper_bound, estimate.estimate);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod item_filter_tests {
+    use super::*;
+
+    fn top_of(values: impl IntoIterator<Item = String>) -> ReadModel {
+        let mut model = ReadModel::new(&SketchParams::default_for(Kind::Top)).unwrap();
+        for value in values {
+            model.update(&value);
+        }
+        model
+    }
+
+    fn pages(range: std::ops::Range<u32>) -> impl Iterator<Item = String> {
+        range.map(|i| format!("/page/{i}"))
+    }
+
+    #[test]
+    fn values_never_counted_get_an_exact_zero_and_counted_ones_never_do() {
+        let model = top_of(pages(0..500).chain(pages(0..100)));
+        for i in 0..500 {
+            let count = model.count(&format!("/page/{i}")).unwrap();
+            assert!(
+                !count.never_seen,
+                "a counted value is never reported unseen"
+            );
+            assert!(count.upper_bound >= if i < 100 { 2 } else { 1 });
+        }
+        let unseen = (1000..3000)
+            .map(|i| model.count(&format!("/page/{i}")).unwrap())
+            .filter(|count| {
+                if count.never_seen {
+                    assert_eq!(
+                        (count.estimate, count.lower_bound, count.upper_bound),
+                        (0, 0, 0)
+                    );
+                }
+                count.never_seen
+            })
+            .count();
+        // Within the filter's 1024 values the false-positive rate is about 1%.
+        assert!(
+            unseen >= 1940,
+            "{unseen} of 2000 unseen values reported never seen"
+        );
+    }
+
+    #[test]
+    fn the_filter_is_stored_merged_and_dropped_with_an_older_read_model() {
+        let left = top_of(pages(0..300));
+        let right = top_of(pages(200..600));
+        let bytes = left.to_bytes();
+        assert_eq!(bytes[3], 0x42);
+        let back = ReadModel::from_bytes(&bytes).unwrap();
+        assert_eq!(back.to_bytes(), bytes);
+
+        let mut merged = left.clone();
+        merged.merge(&right).unwrap();
+        for i in 0..600 {
+            assert!(!merged.count(&format!("/page/{i}")).unwrap().never_seen);
+        }
+        assert!(merged.count("/elsewhere").unwrap().never_seen);
+
+        // A read model written before the filter: kind 2, the two counter payloads only.
+        let old_payloads = {
+            let mut reader = Reader {
+                bytes: &bytes[HEADER_LEN..],
+            };
+            [
+                reader.payload("counts").unwrap().to_vec(),
+                reader.payload("heavy").unwrap().to_vec(),
+            ]
+        };
+        let mut old = bytes[..HEADER_LEN].to_vec();
+        old[3] = 2;
+        for payload in &old_payloads {
+            old.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            old.extend_from_slice(payload);
+        }
+        let old = ReadModel::from_bytes(&old).unwrap();
+        assert!(!old.count("/elsewhere").unwrap().never_seen);
+        assert_eq!(old.to_bytes()[3], 2, "an old read model keeps its bytes");
+
+        let mut mixed = left.clone();
+        mixed.merge(&old).unwrap();
+        assert_eq!(mixed.to_bytes()[3], 2, "the merge drops the filter");
+        assert!(!mixed.count("/elsewhere").unwrap().never_seen);
+    }
+
+    #[test]
+    fn a_filter_of_other_parameters_or_fill_is_refused() {
+        let model = top_of(pages(0..10));
+        let bytes = model.to_bytes();
+        let mut reader = Reader {
+            bytes: &bytes[HEADER_LEN..],
+        };
+        let counts = reader.payload("counts").unwrap().to_vec();
+        let heavy = reader.payload("heavy").unwrap().to_vec();
+        let config = reader.payload("config").unwrap().to_vec();
+        let stage = reader.payload("stage").unwrap().to_vec();
+        let rebuilt = |config: &[u8], stage: &[u8]| {
+            let mut out = bytes[..HEADER_LEN].to_vec();
+            for payload in [&counts[..], &heavy[..], config, stage] {
+                out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+                out.extend_from_slice(payload);
+            }
+            ReadModel::from_bytes(&out)
+        };
+        assert!(rebuilt(&config, &stage).is_ok());
+
+        let mut other = config.clone();
+        other[..8].copy_from_slice(&2048u64.to_le_bytes());
+        let error = rebuilt(&other, &stage).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("an item filter is sized for 1024"),
+            "{error}"
+        );
+
+        let empty = top_of(std::iter::empty());
+        let empty_bytes = empty.to_bytes();
+        let mut reader = Reader {
+            bytes: &empty_bytes[HEADER_LEN..],
+        };
+        let _ = reader.payload("counts").unwrap();
+        let _ = reader.payload("heavy").unwrap();
+        let _ = reader.payload("config").unwrap();
+        let empty_stage = reader.payload("stage").unwrap().to_vec();
+        let error = rebuilt(&config, &empty_stage).unwrap_err();
+        assert!(error.to_string().contains("item filter"), "{error}");
     }
 }

@@ -9,20 +9,46 @@
 //! upper bound, often much tighter on long-tail data where merges have made `maximum_error`
 //! large; answers use the smaller of the two.
 //!
+//! Beside them, an item filter (a scalable Bloom filter of every value counted, see
+//! `membership`) answers lookups of values never seen: where it reports a value absent, the
+//! value was certainly never counted and its count is exactly 0, however much the count-min
+//! over-reports on a busy bucket. Read models written before the filter existed have none;
+//! merging one of them drops the filter (absence would no longer be certain).
+//!
 //! Guarantee: for every value, `lower_bound <= true count <= upper_bound` holds without
 //! exception, before and after any merge; a value is `guaranteed` only when its true count
-//! certainly exceeds `maximum_error`, hence the count of every value the sketch does not track.
+//! certainly exceeds `maximum_error`, hence the count of every value the sketch does not track;
+//! a count is `never_seen` only when the value was never counted.
 
 use datasketches::frequencies::{ErrorType, FrequentItemsSketch};
 
 use crate::count_min::{CountMin, Overflow};
+use crate::membership::Membership;
 use crate::read_model::{CountEstimate, TopItem, TopList};
 
-/// The two sketches of a `top` read model; their totals are always equal.
-#[derive(Debug, Clone)]
+/// Distinct values the item filter's first stage is sized for; it grows past them.
+pub(crate) const ITEM_FILTER_EXPECTED_ITEMS: u64 = 1024;
+
+/// False-positive rate of the item filter within its first stage.
+pub(crate) const ITEM_FILTER_RATE: f64 = 0.01;
+
+/// The sketches of a `top` read model; the two counters' totals are always equal.
+#[derive(Clone)]
 pub(crate) struct Top {
     counts: CountMin,
     heavy: FrequentItemsSketch<String>,
+    /// Every value counted; `None` in read models written before it existed.
+    seen: Option<Membership>,
+}
+
+impl std::fmt::Debug for Top {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Top")
+            .field("counts", &self.counts)
+            .field("heavy", &self.heavy)
+            .field("item_filter", &self.seen.is_some())
+            .finish()
+    }
 }
 
 impl Top {
@@ -32,7 +58,16 @@ impl Top {
             counts: CountMin::new(width, depth),
             heavy: FrequentItemsSketch::new(max_map_size)
                 .expect("max_map_size is validated by SketchParams"),
+            seen: Some(Membership::new(
+                ITEM_FILTER_EXPECTED_ITEMS,
+                ITEM_FILTER_RATE,
+            )),
         }
+    }
+
+    /// Whether lookups of values never seen are answered with certainty.
+    pub(crate) fn has_item_filter(&self) -> bool {
+        self.seen.is_some()
     }
 
     pub(crate) fn width(&self) -> u32 {
@@ -59,6 +94,9 @@ impl Top {
         // library's update (which panics on overflow) safe.
         self.counts.update(value.as_bytes(), 1)?;
         self.heavy.update_ref(value);
+        if let Some(seen) = &mut self.seen {
+            seen.insert(value);
+        }
         Ok(())
     }
 
@@ -67,6 +105,9 @@ impl Top {
     pub(crate) fn update_with_weight(&mut self, value: &str, weight: u64) -> Result<(), Overflow> {
         self.counts.update(value.as_bytes(), weight)?;
         self.heavy.update_with_count_ref(value, weight);
+        if let Some(seen) = &mut self.seen {
+            seen.insert(value);
+        }
         Ok(())
     }
 
@@ -75,6 +116,11 @@ impl Top {
     pub(crate) fn merge(&mut self, other: &Top) -> Result<(), Overflow> {
         self.counts.merge(&other.counts)?;
         self.heavy.merge(&other.heavy);
+        match (&mut self.seen, &other.seen) {
+            (Some(ours), Some(theirs)) => ours.merge(theirs),
+            // Values of the side without a filter were counted but are in no filter.
+            _ => self.seen = None,
+        }
         Ok(())
     }
 
@@ -118,6 +164,18 @@ impl Top {
 
     /// How often `item` occurred.
     pub(crate) fn count(&self, item: &str) -> CountEstimate {
+        if self.seen.as_ref().is_some_and(|seen| !seen.contains(item)) {
+            return CountEstimate {
+                item: item.to_string(),
+                estimate: 0,
+                lower_bound: 0,
+                upper_bound: 0,
+                error_bound: self.counts.error_bound(),
+                confidence: self.counts.confidence(),
+                total: self.total(),
+                never_seen: true,
+            };
+        }
         // Both are guaranteed upper bounds; an untracked value's is `maximum_error`.
         let upper_bound = self
             .counts
@@ -131,21 +189,44 @@ impl Top {
             error_bound: self.counts.error_bound(),
             confidence: self.counts.confidence(),
             total: self.total(),
+            never_seen: false,
         }
     }
 
-    /// The count-min payload and the frequent-items payload.
-    pub(crate) fn encode(&self) -> (Vec<u8>, Vec<u8>) {
-        (
+    /// The count-min payload, the frequent-items payload and, when there is an item filter,
+    /// its configuration payload and one payload per stage.
+    pub(crate) fn encode(&self) -> Vec<Vec<u8>> {
+        let mut payloads = vec![
             self.counts.encode(),
             crate::canonical::frequent_items_image(self.heavy.serialize()),
-        )
+        ];
+        if let Some(seen) = &self.seen {
+            payloads.push(seen.encode_config());
+            payloads.extend(seen.encode_stages());
+        }
+        payloads
+    }
+
+    /// Decodes an item filter's configuration and stages for [`Top::decode`]: the stage count
+    /// comes from the configuration.
+    pub(crate) fn decode_item_filter_config(config: &[u8]) -> Result<usize, String> {
+        let (expected_items, rate, stages) = Membership::decode_config(config)?;
+        if expected_items != ITEM_FILTER_EXPECTED_ITEMS
+            || rate.to_bits() != ITEM_FILTER_RATE.to_bits()
+        {
+            return Err(format!(
+                "it is sized for {expected_items} values at rate {rate}; an item filter is \
+                 sized for {ITEM_FILTER_EXPECTED_ITEMS} at {ITEM_FILTER_RATE}"
+            ));
+        }
+        Ok(stages)
     }
 
     /// Decodes both payloads; the error names the payload at fault.
     pub(crate) fn decode(
         counts: &[u8],
         heavy: &[u8],
+        item_filter: Option<&[&[u8]]>,
         max_counters: u64,
     ) -> Result<Top, (&'static str, String)> {
         let counts = CountMin::decode(counts, max_counters)
@@ -162,6 +243,32 @@ impl Top {
                 ),
             ));
         }
-        Ok(Top { counts, heavy })
+        let seen = match item_filter {
+            None => None,
+            Some(stages) => {
+                let seen = Membership::decode(ITEM_FILTER_EXPECTED_ITEMS, ITEM_FILTER_RATE, stages)
+                    .map_err(|reason| ("item filter", reason))?;
+                if seen.is_empty() != (counts.total() == 0) {
+                    return Err((
+                        "item filter",
+                        format!(
+                            "it is {} but the sketch counts {} values",
+                            if seen.is_empty() {
+                                "empty"
+                            } else {
+                                "not empty"
+                            },
+                            counts.total()
+                        ),
+                    ));
+                }
+                Some(seen)
+            }
+        };
+        Ok(Top {
+            counts,
+            heavy,
+            seen,
+        })
     }
 }
