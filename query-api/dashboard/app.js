@@ -254,8 +254,8 @@ function renderDistinct(answer) {
     ]);
   returning.setData([
     starts(points),
-    points.map((p) => p.new.estimate),
-    points.map((p) => p.returning.estimate),
+    points.map((p) => (p.new ? p.new.estimate : null)),
+    points.map((p) => (p.returning ? p.returning.estimate : null)),
   ]);
 
   const total = answer.total.distinct;

@@ -46,10 +46,15 @@ pub enum QueryError {
         supported: &'static str,
     },
     #[error(
-        "projection {name:?} has no group_by, so it has no groups; remove the group parameter, \
-         or declare group_by for it in the projection file"
+        "projection {name:?} has no group_by, so it has no groups; {}declare group_by for it in \
+         the projection file",
+        parameter.map(|p| format!("remove the {p} parameter, or ")).unwrap_or_default()
     )]
-    NotGrouped { name: String },
+    NotGrouped {
+        name: String,
+        /// The request's parameter that named a group, if any.
+        parameter: Option<&'static str>,
+    },
     #[error(
         "the window holds {groups} groups, more than the {max} one answer lists; give limit \
          (1 to {max}) for the largest groups, or narrow the window with from and to"

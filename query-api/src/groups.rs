@@ -19,8 +19,8 @@ use crate::error::QueryError;
 use crate::gather::{Freshness, QueryKind};
 use crate::params::{MAX_GROUPS_LISTED, Params, TimeRange};
 use crate::routes::{
-    AppState, CallerTenant, ProjectionName, Window, answerable, gather, group_by_of, in_group,
-    kind_mismatch, projection_info, query_pairs,
+    AppState, CallerTenant, ProjectionName, Selected, Window, answerable, gather, group_by_of,
+    in_group, kind_mismatch, projection_info, query_pairs,
 };
 
 const GROUPS_PARAMS: &[&str] = &["from", "to", "limit", "k"];
@@ -81,6 +81,10 @@ struct Operand {
     projection: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     group: Option<String>,
+    /// With `group`: values of the window in no group because their bucket was at
+    /// `max_groups`; when not 0, the group's estimate may miss some of its values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    past_max_groups: Option<u64>,
     events: u64,
     distinct: DistinctEstimate,
     freshness: Freshness,
@@ -100,7 +104,10 @@ pub(crate) async fn groups(
     let gathered = gather(&state, &name, &tenant, range, QueryKind::Groups).await?;
     let info = projection_info(&state, &name).await?;
     let group_by = group_by_of(&info)
-        .ok_or_else(|| QueryError::NotGrouped { name: name.clone() })?
+        .ok_or_else(|| QueryError::NotGrouped {
+            name: name.clone(),
+            parameter: None,
+        })?
         .to_owned();
     let kind = gathered.kind;
     let (model, freshness) = answerable(gathered);
@@ -116,7 +123,12 @@ pub(crate) async fn groups(
             .collect(),
         // No node holds anything in the window, or nodes whose definition is older.
         None if model.events() == 0 => Vec::new(),
-        None => return Err(QueryError::NotGrouped { name }),
+        None => {
+            return Err(QueryError::NotGrouped {
+                name,
+                parameter: None,
+            });
+        }
     };
     let groups_total = entries.len();
     let shown = match limit {
@@ -141,6 +153,7 @@ pub(crate) async fn groups(
         window: Window {
             projection: name,
             group: None,
+            past_max_groups: None,
             tenant,
             from: range.from,
             to: range.to,
@@ -170,8 +183,8 @@ pub(crate) async fn overlap(
     let b_name = params.required("b")?.to_owned();
     let a_group = params.non_empty("a_group")?;
     let b_group = params.non_empty("b_group")?;
-    let (a_model, a) = operand(&state, &tenant, range, a_name, a_group).await?;
-    let (b_model, b) = operand(&state, &tenant, range, b_name, b_group).await?;
+    let (a_model, a) = operand(&state, &tenant, range, a_name, a_group, "a_group").await?;
+    let (b_model, b) = operand(&state, &tenant, range, b_name, b_group, "b_group").await?;
 
     let mut union_model = a_model;
     union_model
@@ -202,9 +215,14 @@ async fn operand(
     range: TimeRange,
     name: String,
     group: Option<&str>,
+    parameter: &'static str,
 ) -> Result<(ReadModel, Operand), QueryError> {
     let gathered = gather(state, &name, tenant, range, QueryKind::Distinct).await?;
-    let (model, freshness) = in_group(state, &name, gathered, group).await?;
+    let Selected {
+        model,
+        freshness,
+        past_max_groups,
+    } = in_group(state, &name, gathered, group, parameter).await?;
     let model = model.total();
     let distinct = model
         .distinct()
@@ -212,6 +230,7 @@ async fn operand(
     let operand = Operand {
         projection: name,
         group: group.map(str::to_owned),
+        past_max_groups,
         events: model.events(),
         distinct,
         freshness,

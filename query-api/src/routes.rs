@@ -76,6 +76,10 @@ pub(crate) struct Window {
     /// The group asked about, for an answer about one group of a grouped projection.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) group: Option<String>,
+    /// With `group`: values of the window in no group because their bucket was at
+    /// `max_groups`; when not 0, the group's answer may miss some of its values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) past_max_groups: Option<u64>,
     pub(crate) tenant: String,
     /// Epoch ms, inclusive; `null` is unbounded.
     pub(crate) from: Option<i64>,
@@ -139,6 +143,9 @@ struct SeriesAnswer {
     projection: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     group: Option<String>,
+    /// With `group`: values of the range in no group (see [`Window`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    past_max_groups: Option<u64>,
     tenant: String,
     kind: Kind,
     /// Epoch ms of the first step's start and of the last step's end.
@@ -250,12 +257,16 @@ async fn distinct(
     let range = params.time_range()?;
     let group = params.group()?;
     let gathered = gather(&state, &name, &tenant, range, QueryKind::Distinct).await?;
-    let (model, freshness) = in_group(&state, &name, gathered, group).await?;
+    let Selected {
+        model,
+        freshness,
+        past_max_groups,
+    } = in_group(&state, &name, gathered, group, "group").await?;
     let distinct = model
         .distinct()
         .ok_or_else(|| kind_mismatch(&name, &model))?;
     Ok(Json(DistinctAnswer {
-        window: window(name, group, tenant, range, &model),
+        window: window(name, group, past_max_groups, tenant, range, &model),
         distinct,
         freshness,
     }))
@@ -272,12 +283,16 @@ async fn top(
     let k = params.top_k()?;
     let group = params.group()?;
     let gathered = gather(&state, &name, &tenant, range, QueryKind::Top).await?;
-    let (model, freshness) = in_group(&state, &name, gathered, group).await?;
+    let Selected {
+        model,
+        freshness,
+        past_max_groups,
+    } = in_group(&state, &name, gathered, group, "group").await?;
     let top = model
         .top(k as usize)
         .ok_or_else(|| kind_mismatch(&name, &model))?;
     Ok(Json(TopAnswer {
-        window: window(name, group, tenant, range, &model),
+        window: window(name, group, past_max_groups, tenant, range, &model),
         k,
         top,
         freshness,
@@ -295,12 +310,20 @@ async fn count(
     let item = params.item()?;
     let group = params.group()?;
     let gathered = gather(&state, &name, &tenant, range, QueryKind::Count).await?;
-    let (model, freshness) = in_group(&state, &name, gathered, group).await?;
-    let count = model
+    let Selected {
+        model,
+        freshness,
+        past_max_groups,
+    } = in_group(&state, &name, gathered, group, "group").await?;
+    let mut count = model
         .count(item)
         .ok_or_else(|| kind_mismatch(&name, &model))?;
+    // Values of this group may have gone to no group: its filter cannot tell they were unseen.
+    if past_max_groups.is_some_and(|past| past > 0) {
+        count.never_seen = false;
+    }
     Ok(Json(CountAnswer {
-        window: window(name, group, tenant, range, &model),
+        window: window(name, group, past_max_groups, tenant, range, &model),
         count,
         freshness,
     }))
@@ -343,6 +366,7 @@ async fn contains(
         window: Window {
             projection: name,
             group: None,
+            past_max_groups: None,
             tenant,
             from: range.from,
             to: range.to,
@@ -461,19 +485,27 @@ async fn series(
     let k = params.top_k_or(DEFAULT_SERIES_TOP_K)?;
     let group = params.group()?;
     if group.is_some() && group_by_of(&info).is_none() {
-        return Err(QueryError::NotGrouped { name });
+        return Err(QueryError::NotGrouped {
+            name,
+            parameter: Some("group"),
+        });
     }
     let gathered =
         gather::gather_series(&state.inner.nodes, &name, &tenant, range, QueryKind::Series).await?;
     let kind = gathered.kind;
     let mut steps = Vec::with_capacity(gathered.steps.len());
+    let mut past_max_groups = group.map(|_| 0u64);
     for model in gathered.steps {
         steps.push(match (model, group) {
-            (Some(model), Some(group)) => Some(
-                model
-                    .group(group)
-                    .ok_or_else(|| QueryError::NotGrouped { name: name.clone() })?,
-            ),
+            (Some(model), Some(group)) => {
+                if let Some(past) = past_max_groups.as_mut() {
+                    *past += model.past_max_groups();
+                }
+                Some(model.group(group).ok_or_else(|| QueryError::NotGrouped {
+                    name: name.clone(),
+                    parameter: Some("group"),
+                })?)
+            }
             (model, _) => model,
         });
     }
@@ -527,6 +559,15 @@ async fn series(
                 };
                 (Some(new), Some(returning))
             }
+            // Nothing folded in the range yet, this step included: no key is new or returning.
+            (Some(_), _, None) => {
+                let zero = Derived {
+                    estimate: 0.0,
+                    lower_bound: 0.0,
+                    upper_bound: 0.0,
+                };
+                (Some(zero), Some(zero))
+            }
             _ => (None, None),
         };
         points.push(SeriesPoint {
@@ -543,6 +584,7 @@ async fn series(
     Ok(Json(SeriesAnswer {
         projection: name,
         group: group.map(str::to_owned),
+        past_max_groups,
         tenant,
         kind,
         from: range.from,
@@ -600,32 +642,58 @@ pub(crate) fn group_by_of(info: &ProjectionInfo) -> Option<&str> {
         .and_then(serde_json::Value::as_str)
 }
 
-/// The read model a query answers from and its freshness: the merged read model, or with
-/// `group` the read model of that group (empty when the group holds nothing in the window).
-/// A group of a projection without `group_by` is refused.
+/// The read model a query answers from, with its freshness.
+pub(crate) struct Selected {
+    pub(crate) model: ReadModel,
+    pub(crate) freshness: Freshness,
+    /// For one group: the values of the window that went to no group because their bucket was
+    /// at `max_groups` (some may be this group's); `None` for a whole projection.
+    pub(crate) past_max_groups: Option<u64>,
+}
+
+/// The merged read model, or with `group` (given as the request's `parameter`) the read model
+/// of that group, empty when the group holds nothing in the window. A group of a projection
+/// without `group_by` is refused.
 pub(crate) async fn in_group(
     state: &AppState,
     name: &str,
     gathered: Gathered,
     group: Option<&str>,
-) -> Result<(ReadModel, Freshness), QueryError> {
+    parameter: &'static str,
+) -> Result<Selected, QueryError> {
+    let not_grouped = || QueryError::NotGrouped {
+        name: name.into(),
+        parameter: Some(parameter),
+    };
     let Some(group) = group else {
-        return Ok(answerable(gathered));
+        let (model, freshness) = answerable(gathered);
+        return Ok(Selected {
+            model,
+            freshness,
+            past_max_groups: None,
+        });
     };
     match &gathered.read_model {
         Some(model) => {
-            let selected = model
-                .group(group)
-                .ok_or_else(|| QueryError::NotGrouped { name: name.into() })?;
-            Ok((selected, gathered.freshness))
+            let selected = model.group(group).ok_or_else(not_grouped)?;
+            Ok(Selected {
+                model: selected,
+                freshness: gathered.freshness,
+                past_max_groups: Some(model.past_max_groups()),
+            })
         }
         // Nothing in the window: whether the projection has groups at all is in its definition.
         None => {
             let info = projection_info(state, name).await?;
             if group_by_of(&info).is_none() {
-                return Err(QueryError::NotGrouped { name: name.into() });
+                return Err(not_grouped());
             }
-            Ok(answerable(gathered))
+            let (model, freshness) = answerable(gathered);
+            Ok(Selected {
+                model,
+                freshness,
+                past_max_groups: Some(0),
+            })
         }
     }
 }
@@ -651,6 +719,7 @@ fn empty_read_model(kind: Kind) -> ReadModel {
 fn window(
     projection: String,
     group: Option<&str>,
+    past_max_groups: Option<u64>,
     tenant: String,
     range: TimeRange,
     model: &ReadModel,
@@ -658,6 +727,7 @@ fn window(
     Window {
         projection,
         group: group.map(str::to_owned),
+        past_max_groups,
         tenant,
         from: range.from,
         to: range.to,

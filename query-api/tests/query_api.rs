@@ -423,13 +423,23 @@ async fn test_top_and_count_add_up_counts_across_nodes() {
     assert!(count["upper_bound"].as_u64().unwrap() >= count["estimate"].as_u64().unwrap());
     assert!(count["lower_bound"].as_u64().unwrap() <= 50);
     assert_eq!(count["total"], 95);
+    assert_eq!(count["never_seen"], false);
 
+    // The item filters merged from both nodes say the value was never counted: an exact 0.
     let (_, body) = get_json(
         &format!("{api}/v1/projections/pages/count?item=never"),
         Some(ACME_KEY),
     )
     .await;
-    assert_eq!(body["lower_bound"], 0);
+    assert_eq!(body["never_seen"], true, "{body}");
+    assert_eq!(
+        (
+            &body["estimate"],
+            &body["lower_bound"],
+            &body["upper_bound"]
+        ),
+        (&json!(0), &json!(0), &json!(0))
+    );
 }
 
 #[tokio::test]
@@ -1742,4 +1752,77 @@ async fn test_overlap_of_groups_and_projections_with_bounds() {
     assert_eq!(status, StatusCode::OK, "{body}");
     within(&body["union"], 6000.0);
     within(&body["intersection"], 500.0);
+}
+
+#[tokio::test]
+async fn test_a_group_answer_says_when_values_went_to_no_group() {
+    // max_groups 1: "/a" takes the only group; every "/b" value goes to no group.
+    let mut users = ReadModel::new_grouped(&SketchParams::default_for(Kind::Distinct), 1).unwrap();
+    let mut paths = ReadModel::new_grouped(&SketchParams::default_for(Kind::Top), 1).unwrap();
+    for (user, group) in [("u1", "/a"), ("u2", "/b"), ("u3", "/b"), ("u4", "/a")] {
+        users.update_in(user, Some(group));
+        paths.update_in(user, Some(group));
+    }
+    assert_eq!(users.past_max_groups(), 2);
+    let node = FakeNode::new("projector-1", &[0])
+        .with_model("acme", GROUPED.0, &users)
+        .with_model("acme", "pages", &paths)
+        .start()
+        .await;
+    let api = start_query_api(vec![node]).await;
+
+    let (_, body) = get_json(
+        &format!("{api}/v1/projections/channel_users/groups"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(body["past_max_groups"], 2, "{body}");
+    let (status, body) = get_json(
+        &format!("{api}/v1/projections/channel_users/distinct?group=%2Fb"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["events"], 0);
+    assert_eq!(
+        body["past_max_groups"], 2,
+        "the answer says it may be low: {body}"
+    );
+    let (_, body) = get_json(
+        &format!("{api}/v1/projections/channel_users/distinct"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert!(body.get("past_max_groups").is_none(), "{body}");
+    assert_eq!(body["events"], 4);
+
+    // The group's item filter holds none of "/b"'s values, which went to no group: the count
+    // must not claim they were never seen.
+    let (status, body) = get_json(
+        &format!("{api}/v1/projections/pages/count?item=u2&group=%2Fb"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["never_seen"], false, "{body}");
+    assert_eq!(body["past_max_groups"], 2);
+    let (_, body) = get_json(
+        &format!("{api}/v1/overlap?a=channel_users&a_group=%2Fa&b=channel_users&b_group=%2Fb"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(body["b"]["past_max_groups"], 2, "{body}");
+
+    let (_, body) = get_json(
+        &format!("{api}/v1/overlap?a=visitors&b=visitors&b_group=x"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("remove the b_group parameter"),
+        "{body}"
+    );
 }
