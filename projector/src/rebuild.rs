@@ -255,6 +255,18 @@ fn build(
         assignment.add_partition_offset(&config.topic, partition, Offset::Beginning)?;
     }
     consumer.assign(&assignment)?;
+    // Watermarks are read through a client of their own: on the consumer's connection each read
+    // would queue behind its fetch long-poll (up to fetch.wait.max.ms), and the reads every
+    // LAG_INTERVAL would leave a quiet log folding about one record per round.
+    let watermarks: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set(
+            "group.id",
+            format!("{}-rebuild-watermarks", config.group_id),
+        )
+        .set_log_level(RDKafkaLogLevel::Warning)
+        .create()
+        .context("cannot create the Kafka client for the rebuild's watermarks")?;
 
     let batch_records = config.batch_max_records.max(REBUILD_BATCH_RECORDS);
     let mut folder = Folder::new(projections, store.clone(), config);
@@ -267,7 +279,7 @@ fn build(
             return Ok(());
         }
         if targets.is_none() && finish.load(Ordering::Relaxed) {
-            targets = Some(high_watermarks(&consumer, &config.topic, &partitions)?);
+            targets = Some(high_watermarks(&watermarks, &config.topic, &partitions)?);
             status.lock().expect("poisoned").state = RebuildState::Finishing;
         }
         if let Some(targets) = &targets {
@@ -309,7 +321,7 @@ fn build(
         }
         if targets.is_none() && last_lag_check.is_none_or(|at| at.elapsed() >= LAG_INTERVAL) {
             last_lag_check = Some(Instant::now());
-            let highs = high_watermarks(&consumer, &config.topic, &partitions)?;
+            let highs = high_watermarks(&watermarks, &config.topic, &partitions)?;
             let mut lag = BTreeMap::new();
             for (&partition, &high) in &highs {
                 lag.insert(partition, (high - folder.next_offset(partition)?).max(0));

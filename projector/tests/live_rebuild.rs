@@ -211,3 +211,59 @@ async fn test_a_changed_projection_file_is_built_beside_and_switched_in_while_se
     drop((live, replayed));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// On a log that receives nothing during the rebuild, the rebuild still reads at full speed and
+/// switches in: reading its lag must not hold back its fetching.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_a_rebuild_of_a_quiet_log_switches_in() {
+    let name = unique("quiet-rebuild");
+    let dir = test_dir(&name);
+    let topic = format!("events-{name}");
+    testkit::create_topic(&topic, PARTITIONS).await;
+    testkit::create_topic(&format!("{topic}.dead-letter"), 1).await;
+    let producer = producer(Duration::from_secs(30));
+    for n in 0..BEFORE {
+        let key = format!("user-{}", n % 400);
+        send_record(
+            &producer,
+            &topic,
+            PARTITIONS,
+            &view(TENANT, &key, Some(format!("e-{n}")), n),
+        )
+        .await;
+    }
+    let mut node = Node::start(
+        &dir,
+        &topic,
+        "live",
+        "projections_poll_ms = 200\nrebuild_switch_lag = 20\n",
+    );
+    node.wait_caught_up(&highs(&topic)).await;
+
+    let changed = changed_projections();
+    let new_versions = versions_of(&changed);
+    std::fs::write(dir.join("projections.toml"), &changed).unwrap();
+    // Nothing is produced from here on. Folding 3,000 records takes well under a second; the
+    // bound is generous for a loaded machine, and far below the hours that a rebuild folding a
+    // record per watermark round would take.
+    wait_for(
+        "the node to switch to the new definitions of a quiet log",
+        Duration::from_secs(90),
+        async || {
+            let (versions, rebuild) = served_versions(&node).await?;
+            if versions == new_versions {
+                return Ok(());
+            }
+            Err(format!("versions {versions:?}, rebuild {rebuild}"))
+        },
+    )
+    .await;
+    node.wait_caught_up(&highs(&topic)).await;
+    assert_eq!(
+        node.events("paths", TENANT).await.unwrap(),
+        BEFORE as u64,
+        "the added projection covers the whole log"
+    );
+    node.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
