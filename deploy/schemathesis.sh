@@ -78,7 +78,7 @@ fi
 # --- binaries ----------------------------------------------------------------------------------
 log "building produce, projector and query-api (debug)"
 cargo build --quiet -p produce -p projector -p query-api --bins
-bin=$root/target/debug
+bin=${CARGO_TARGET_DIR:-$root/target}/debug
 
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -108,6 +108,27 @@ events_per_second = 50000
 burst_events = 100000
 TOML
 
+# The deployed projections, plus grouped ones the page views feed, so that the groups, group=
+# and overlap queries are asked of data and not only refused.
+cat "$root/deploy/projections.toml" - >"$work/projections.toml" <<TOML
+
+[[projection]]
+name = "visitors_by_path"
+kind = "distinct"
+field = "key"
+event_type = "page_view"
+bucket = "1h"
+group_by = "properties.path"
+
+[[projection]]
+name = "paths_by_visitor"
+kind = "top"
+field = "properties.path"
+event_type = "page_view"
+bucket = "1d"
+group_by = "key"
+TOML
+
 projector_port=$(free_port)
 cat >"$work/projector.toml" <<TOML
 brokers = "$KAFKA_BOOTSTRAP"
@@ -115,7 +136,7 @@ topic = "$topic"
 group_id = "$topic"
 node_name = "schemathesis-1"
 store_path = "$work/store"
-projections_file = "$root/deploy/projections.toml"
+projections_file = "$work/projections.toml"
 internal_listen = "127.0.0.1:$projector_port"
 batch_max_records = 5000
 batch_interval_ms = 100
@@ -159,11 +180,15 @@ done
 # 2024-01-01T00:00:00Z is 1704067200000 ms; the data spans two days from there.
 cat >"$work/schemathesis.toml" <<TOML
 [dictionaries.projections]
-values = ["visitors", "top_paths", "known_clients", "editors", "top_channels", "known_editors"]
+values = ["visitors", "top_paths", "known_clients", "editors", "top_channels", "known_editors", "visitors_by_path", "paths_by_visitor"]
 [dictionaries.distinct_projections]
-values = ["visitors", "editors"]
+values = ["visitors", "editors", "visitors_by_path"]
 [dictionaries.top_projections]
-values = ["top_paths", "top_channels"]
+values = ["top_paths", "top_channels", "paths_by_visitor"]
+[dictionaries.grouped_projections]
+values = ["visitors_by_path", "paths_by_visitor"]
+[dictionaries.groups]
+values = ["/page/1", "/page/2", "/page/50", "user-1", "user-7"]
 [dictionaries.membership_projections]
 values = ["known_clients", "known_editors"]
 [dictionaries.times]
@@ -179,6 +204,7 @@ values = ["/page/1", "/page/2", "/page/50"]
 "query.to" = { dictionary = "times", probability = 0.5 }
 "query.step" = { dictionary = "steps", probability = 0.7 }
 "query.item" = { dictionary = "items", probability = 0.5 }
+"query.group" = { dictionary = "groups", probability = 0.5 }
 
 # Each query asked mostly of projections of a kind that answers it (the rest get 400).
 [[operations]]
@@ -190,6 +216,12 @@ parameters = { "path.name" = { dictionary = "top_projections", probability = 0.8
 [[operations]]
 include-operation-id = "contains"
 parameters = { "path.name" = { dictionary = "membership_projections", probability = 0.8 } }
+[[operations]]
+include-operation-id = "groups"
+parameters = { "path.name" = { dictionary = "grouped_projections", probability = 0.8 } }
+[[operations]]
+include-operation-id = "overlap"
+parameters = { "query.a" = { dictionary = "distinct_projections", probability = 0.9 }, "query.b" = { dictionary = "distinct_projections", probability = 0.9 }, "query.a_group" = { dictionary = "groups", probability = 0.5 }, "query.b_group" = { dictionary = "groups", probability = 0.5 } }
 TOML
 
 checks=not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance

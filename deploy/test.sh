@@ -4,8 +4,10 @@
 # starts on its own port (KAFKA_PORT, default 19092) and stops on exit. The shared rate-limit
 # tests need a Redis server: one is started on TEST_REDIS_PORT (default 16379), without
 # persistence, unless one already answers there, and stopped on exit; REDIS_URL points the tests
-# at it. Last, deploy/schemathesis.sh checks the running query API against its OpenAPI document
-# (schemathesis, installed into a venv under ~/.cache/stream-pipeline; needs python3-venv).
+# at it. Then deploy/schemathesis.sh checks the running query API against its OpenAPI document
+# (schemathesis, installed into a venv under ~/.cache/stream-pipeline; needs python3-venv), and
+# deploy/test-dashboard.sh runs the dashboard page in headless Chromium against the Wikipedia
+# edits in ../shared/data (DATA_DIR elsewhere; needs Node and npm).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -83,4 +85,16 @@ if [ "$schemathesis_status" = 0 ]; then
 else
   echo "test result: FAILED. 0 passed; 1 failed (deploy/schemathesis.sh)" >>"$results"
 fi
-[ "$cargo_status" = 0 ] && [ "$schemathesis_status" = 0 ]
+# The dashboard page in a real headless Chromium against a pipeline fed with the Wikipedia edits
+# (deploy/test-dashboard.sh, its own broker and ports); one test in the closing line. It needs
+# Node and npm, and installs Debian's chromium when missing. Its screenshot goes to a temp file,
+# so a test run leaves docs/dashboard.png alone.
+echo "test: the dashboard in headless Chromium (deploy/test-dashboard.sh)" >&2
+dashboard_status=0
+SCREENSHOT=$redis_dir/dashboard.png deploy/test-dashboard.sh || dashboard_status=$?
+if [ "$dashboard_status" = 0 ]; then
+  echo "test result: ok. 1 passed; 0 failed (deploy/test-dashboard.sh)" >>"$results"
+else
+  echo "test result: FAILED. 0 passed; 1 failed (deploy/test-dashboard.sh)" >>"$results"
+fi
+[ "$cargo_status" = 0 ] && [ "$schemathesis_status" = 0 ] && [ "$dashboard_status" = 0 ]
