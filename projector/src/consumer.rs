@@ -200,6 +200,9 @@ fn consumer_config(config: &Config) -> ClientConfig {
         .set("auto.offset.reset", "error")
         // Incremental rebalances move only the partitions that change owner.
         .set("partition.assignment.strategy", "cooperative-sticky")
+        // A partition whose local queue is full is fetched again after this long, not after
+        // librdkafka's default second, during which a node catching up would sit idle.
+        .set("fetch.queue.backoff.ms", "10")
         .set_log_level(RDKafkaLogLevel::Warning);
     client
 }

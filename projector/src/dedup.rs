@@ -31,6 +31,8 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 
+use foldhash::HashMap as FastMap;
+
 use crate::store::{IdRun, Store, StoreBatch, StoreError};
 
 /// Seed of the id fingerprint, distinct from the key hash's, so the two never correlate.
@@ -47,7 +49,7 @@ pub struct Dedup {
 struct PartitionIds {
     /// Fingerprint of every id remembered, with the sequence number of the run holding it (or
     /// of the pending run).
-    seen: HashMap<u64, u64>,
+    seen: FastMap<u64, u64>,
     /// Stored runs, oldest first.
     runs: VecDeque<IdRun>,
     /// Fingerprints folded since the last write, and their newest receive time.
@@ -150,7 +152,10 @@ impl PartitionIds {
     /// Rebuilds a partition's map from its stored runs.
     fn load(store: &Store, partition: i32) -> Result<PartitionIds, StoreError> {
         let runs: VecDeque<IdRun> = store.id_runs(partition)?.into();
-        let mut seen = HashMap::with_capacity(runs.iter().map(|r| r.fingerprints.len()).sum());
+        let mut seen = FastMap::with_capacity_and_hasher(
+            runs.iter().map(|r| r.fingerprints.len()).sum(),
+            Default::default(),
+        );
         for run in &runs {
             for &fingerprint in &run.fingerprints {
                 seen.insert(fingerprint, run.seq);

@@ -10,7 +10,10 @@
 //! when the partition may move past it ([`Folder::skip`]): after the record is safely in the
 //! dead-letter topic.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashSet};
+
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -36,6 +39,15 @@ pub enum Folded {
     Poison { reason: String },
 }
 
+/// A read model in the folder's cache.
+struct Cached {
+    model: ReadModel,
+    /// Digests of its chunks as stored; `None` when it is not in the store yet.
+    stored: Option<ChunkDigests>,
+    /// Changed since the last write (and listed in `Folder::dirty`).
+    dirty: bool,
+}
+
 /// Pending state of one micro-batch, plus a cache of recently used sketches.
 pub struct Folder {
     projections: Arc<ProjectionFile>,
@@ -44,9 +56,9 @@ pub struct Folder {
     /// Largest record value folded; larger ones are poison.
     max_record_bytes: usize,
     /// Sketches read or changed recently, with the digests of their stored chunks; `dirty`
-    /// marks those to write.
-    models: HashMap<ModelKey, (ReadModel, Option<ChunkDigests>)>,
-    dirty: HashSet<ModelKey>,
+    /// lists those changed since the last write (each once; their `Cached::dirty` is set).
+    models: HashMap<ModelKey, Cached>,
+    dirty: Vec<ModelKey>,
     /// Position reached in each partition by the pending batch.
     positions: BTreeMap<i32, PartitionOffset>,
     /// Offset ranges lost to retention, to record with the batch.
@@ -69,8 +81,8 @@ impl Folder {
             store,
             dedup: Dedup::new(config.dedup_window_ms, config.dedup_max_ids),
             max_record_bytes: config.max_record_bytes,
-            models: HashMap::new(),
-            dirty: HashSet::new(),
+            models: HashMap::default(),
+            dirty: Vec::new(),
             positions: BTreeMap::new(),
             lost: Vec::new(),
             pending_records: 0,
@@ -170,7 +182,8 @@ impl Folder {
         }
         let mut batch = StoreBatch::default();
         for key in &self.dirty {
-            let (model, stored) = self.models.get_mut(key).expect("dirty models are cached");
+            let Cached { model, stored, .. } =
+                self.models.get_mut(key).expect("dirty models are cached");
             *stored = Some(batch.put_model(key, model, stored.as_deref()));
             if model.past_max_groups() > 0 && self.past_max_groups.insert(key.clone()) {
                 // Said once per read model: values of groups past the cap are in the total
@@ -209,7 +222,11 @@ impl Folder {
         self.dedup.stage(&mut batch);
         self.store.write(batch)?;
 
-        self.dirty.clear();
+        for key in self.dirty.drain(..) {
+            if let Some(cached) = self.models.get_mut(&key) {
+                cached.dirty = false;
+            }
+        }
         self.lost.clear();
         self.pending_records = 0;
         self.pending_since = None;
@@ -246,19 +263,28 @@ impl Folder {
                 bucket_start: projection.bucket_start(record.time_ms),
                 partition,
             };
-            if !self.models.contains_key(&key) {
-                let cached = match self.store.read_model_chunks(&key)? {
-                    Some((model, digests)) => (model, Some(digests)),
-                    None => (projection.new_read_model(), None),
-                };
-                self.models.insert(key.clone(), cached);
-            }
-            self.models
-                .get_mut(&key)
-                .expect("inserted above")
-                .0
-                .update_in(&value, group.as_deref());
-            self.dirty.insert(key);
+            let cached = match self.models.entry(key) {
+                Entry::Occupied(entry) => {
+                    if !entry.get().dirty {
+                        self.dirty.push(entry.key().clone());
+                    }
+                    entry.into_mut()
+                }
+                Entry::Vacant(entry) => {
+                    let (model, stored) = match self.store.read_model_chunks(entry.key())? {
+                        Some((model, digests)) => (model, Some(digests)),
+                        None => (projection.new_read_model(), None),
+                    };
+                    self.dirty.push(entry.key().clone());
+                    entry.insert(Cached {
+                        model,
+                        stored,
+                        dirty: false,
+                    })
+                }
+            };
+            cached.dirty = true;
+            cached.model.update_in(&value, group.as_deref());
         }
         Ok(())
     }

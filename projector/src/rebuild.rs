@@ -223,6 +223,8 @@ fn build(
         .set("group.id", format!("{}-rebuild", config.group_id))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "error")
+        // As for replay: fetch again soon after the local queue drains below its threshold.
+        .set("fetch.queue.backoff.ms", "10")
         .set_log_level(RDKafkaLogLevel::Warning)
         .create()
         .context("cannot create the Kafka consumer for the rebuild")?;
