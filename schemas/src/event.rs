@@ -42,9 +42,9 @@ pub fn parse_events(
     };
     let mut problems = Vec::new();
     let mut records = Vec::with_capacity(events.len());
-    for (path, framed) in &events {
+    for (path, framed) in events {
         match framed {
-            Ok(value) => match validate_event(value, path, tenant, received_ms, limits) {
+            Ok(value) => match validate_owned_event(value, &path, tenant, received_ms, limits) {
                 Ok(record) => records.push(record),
                 Err(found) => problems.extend(found),
             },
@@ -71,6 +71,62 @@ pub fn validate_event(
     received_ms: i64,
     limits: &Limits,
 ) -> Result<Record, Vec<Problem>> {
+    let checked = check_event(value, path, tenant, received_ms, limits)?;
+    let properties = match value.get("properties") {
+        Some(Value::Object(properties)) => properties.clone(),
+        _ => Map::new(),
+    };
+    Ok(checked.into_record(tenant, received_ms, properties))
+}
+
+/// [`validate_event`] of an event the caller gives away: its properties move into the record
+/// instead of being copied.
+fn validate_owned_event(
+    mut value: Value,
+    path: &str,
+    tenant: &str,
+    received_ms: i64,
+    limits: &Limits,
+) -> Result<Record, Vec<Problem>> {
+    let checked = check_event(&value, path, tenant, received_ms, limits)?;
+    let properties = match value.get_mut("properties").map(Value::take) {
+        Some(Value::Object(properties)) => properties,
+        _ => Map::new(),
+    };
+    Ok(checked.into_record(tenant, received_ms, properties))
+}
+
+/// The fields of a valid event besides its properties.
+struct Checked {
+    id: Option<String>,
+    event_type: String,
+    key: String,
+    time_ms: i64,
+}
+
+impl Checked {
+    fn into_record(self, tenant: &str, received_ms: i64, properties: Map<String, Value>) -> Record {
+        Record {
+            v: SCHEMA_VERSION,
+            tenant: tenant.to_owned(),
+            id: self.id,
+            event_type: self.event_type,
+            key: self.key,
+            time_ms: self.time_ms,
+            received_ms,
+            properties,
+        }
+    }
+}
+
+/// Every check of one event; on success its fields other than the properties, which are valid.
+fn check_event(
+    value: &Value,
+    path: &str,
+    tenant: &str,
+    received_ms: i64,
+    limits: &Limits,
+) -> Result<Checked, Vec<Problem>> {
     let Some(object) = value.as_object() else {
         return Err(vec![Problem::new(
             path,
@@ -103,23 +159,13 @@ pub fn validate_event(
     let event_type = check.event_type(object.get("type"));
     let key = check.key(object.get("key"), limits);
     let time_ms = check.time(object.get("time"), received_ms, limits);
-    let properties = check.properties(object.get("properties"), limits);
-    match (
-        check.problems.is_empty(),
-        event_type,
-        key,
-        time_ms,
-        properties,
-    ) {
-        (true, Some(event_type), Some(key), Some(time_ms), Some(properties)) => Ok(Record {
-            v: SCHEMA_VERSION,
-            tenant: tenant.to_owned(),
+    check.properties(object.get("properties"), limits);
+    match (check.problems.is_empty(), event_type, key, time_ms) {
+        (true, Some(event_type), Some(key), Some(time_ms)) => Ok(Checked {
             id,
             event_type,
             key,
             time_ms,
-            received_ms,
-            properties,
         }),
         _ => Err(check.problems),
     }
@@ -406,19 +452,19 @@ impl EventCheck<'_> {
         Some(time_ms)
     }
 
-    fn properties(&mut self, value: Option<&Value>, limits: &Limits) -> Option<Map<String, Value>> {
+    /// Checks the properties: absent, null or an object within the limits.
+    fn properties(&mut self, value: Option<&Value>, limits: &Limits) {
         let properties = match value {
-            None | Some(Value::Null) => return Some(Map::new()),
+            None | Some(Value::Null) => return,
             Some(Value::Object(properties)) => properties,
             Some(other) => {
                 self.problem(
                     "properties",
                     format!("must be a JSON object, not {}", kind(other)),
                 );
-                return None;
+                return;
             }
         };
-        let before = self.problems.len();
         if properties.len() > limits.max_properties {
             self.problem(
                 "properties",
@@ -429,17 +475,22 @@ impl EventCheck<'_> {
                 ),
             );
         }
-        self.nested(properties, "properties", 1, limits);
-        (self.problems.len() == before).then(|| properties.clone())
+        self.nested(properties, &PropertyPath::Root, 1, limits);
     }
 
     /// Checks names and values of an object at nesting `depth` (properties itself is 1).
-    fn nested(&mut self, object: &Map<String, Value>, path: &str, depth: usize, limits: &Limits) {
+    fn nested(
+        &mut self,
+        object: &Map<String, Value>,
+        path: &PropertyPath<'_>,
+        depth: usize,
+        limits: &Limits,
+    ) {
         for (name, value) in object {
-            let child = format!("{path}.{}", shown(name));
+            let child = PropertyPath::Field(path, name);
             if name.len() > limits.max_string_bytes {
                 self.problem(
-                    &child,
+                    &child.to_string(),
                     format!(
                         "names at most {} bytes are accepted, this one has {}",
                         limits.max_string_bytes,
@@ -452,10 +503,16 @@ impl EventCheck<'_> {
     }
 
     /// Checks a value held by a container at nesting `depth`.
-    fn property_value(&mut self, value: &Value, path: &str, depth: usize, limits: &Limits) {
+    fn property_value(
+        &mut self,
+        value: &Value,
+        path: &PropertyPath<'_>,
+        depth: usize,
+        limits: &Limits,
+    ) {
         match value {
             Value::String(text) if text.len() > limits.max_string_bytes => self.problem(
-                path,
+                &path.to_string(),
                 format!(
                     "must be at most {} bytes, got {}",
                     limits.max_string_bytes,
@@ -463,7 +520,7 @@ impl EventCheck<'_> {
                 ),
             ),
             Value::Object(_) | Value::Array(_) if depth >= limits.max_depth => self.problem(
-                path,
+                &path.to_string(),
                 format!(
                     "nests deeper than {} levels (counting properties as 1): flatten it",
                     limits.max_depth
@@ -472,7 +529,8 @@ impl EventCheck<'_> {
             Value::Object(object) => self.nested(object, path, depth + 1, limits),
             Value::Array(items) => {
                 for (index, item) in items.iter().enumerate() {
-                    self.property_value(item, &format!("{path}[{index}]"), depth + 1, limits);
+                    let child = PropertyPath::Index(path, index);
+                    self.property_value(item, &child, depth + 1, limits);
                 }
             }
             Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => {}
@@ -582,6 +640,23 @@ fn check_count(count: usize, limits: &Limits) -> Result<(), Vec<Problem>> {
 
 /// Appends a field to an event path: `[3]` + `time` = `[3].time`, `line 7` + `time` =
 /// `line 7: time`, `""` + `time` = `time`.
+/// Where a value sits inside `properties`, spelt out only when a problem names it.
+enum PropertyPath<'a> {
+    Root,
+    Field(&'a PropertyPath<'a>, &'a str),
+    Index(&'a PropertyPath<'a>, usize),
+}
+
+impl fmt::Display for PropertyPath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PropertyPath::Root => f.write_str("properties"),
+            PropertyPath::Field(parent, name) => write!(f, "{parent}.{}", shown(name)),
+            PropertyPath::Index(parent, index) => write!(f, "{parent}[{index}]"),
+        }
+    }
+}
+
 fn join(event: &str, field: &str) -> String {
     if event.is_empty() {
         field.to_owned()
