@@ -16,6 +16,11 @@ use tracing_subscriber::EnvFilter;
 
 use ingest::Config;
 
+/// Request bodies of every size come and go at thousands per second; glibc's malloc spent about
+/// a third of the CPU on them (see the root Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// HTTP ingest for the event pipeline: authenticates, validates and rate-limits events and
 /// appends them to Kafka.
 #[derive(Debug, Parser)]
