@@ -157,18 +157,7 @@ async fn groups(
     for group in &listed {
         let name = group["group"].as_str().unwrap_or_default();
         let truth = exact.get(name).map_or(0, HashSet::len) as f64;
-        let estimate = group["distinct"]["estimate"].as_f64().unwrap_or(f64::NAN);
-        let lower = group["distinct"]["lower_bound"]
-            .as_f64()
-            .unwrap_or(f64::NAN);
-        let upper = group["distinct"]["upper_bound"]
-            .as_f64()
-            .unwrap_or(f64::NAN);
-        let inside = if (lower..=upper).contains(&truth) {
-            "yes"
-        } else {
-            "NO"
-        };
+        let (estimate, _, _, inside) = bounds_of(&group["distinct"], truth);
         writeln!(
             out,
             "    {:<28} exact {:>8}  estimate {:>10.1}  error {:+.2}%  exact within bounds: {inside}",
@@ -203,15 +192,7 @@ async fn groups(
             ("union", sa.union(sb).count() as f64),
             ("intersection", sa.intersection(sb).count() as f64),
         ] {
-            let estimate = &answer[what];
-            let value = estimate["estimate"].as_f64().unwrap_or(f64::NAN);
-            let lower = estimate["lower_bound"].as_f64().unwrap_or(f64::NAN);
-            let upper = estimate["upper_bound"].as_f64().unwrap_or(f64::NAN);
-            let inside = if (lower..=upper).contains(&truth) {
-                "yes"
-            } else {
-                "NO"
-            };
+            let (value, lower, upper, inside) = bounds_of(&answer[what], truth);
             writeln!(
                 out,
                 "    {what} of the two largest: exact {truth}  estimate {value:.1}  bounds \
@@ -248,18 +229,7 @@ async fn distinct(
             &[],
         )
         .await?;
-    let estimate = answer["distinct"]["estimate"].as_f64().unwrap_or(f64::NAN);
-    let lower = answer["distinct"]["lower_bound"]
-        .as_f64()
-        .unwrap_or(f64::NAN);
-    let upper = answer["distinct"]["upper_bound"]
-        .as_f64()
-        .unwrap_or(f64::NAN);
-    let inside = if (lower..=upper).contains(&exact) {
-        "yes"
-    } else {
-        "NO"
-    };
+    let (estimate, lower, upper, inside) = bounds_of(&answer["distinct"], exact);
     writeln!(
         out,
         "  {:<14} distinct {:<22} exact {:>8}  estimate {:>10.1}  bounds [{:.1}, {:.1}]  \
@@ -384,6 +354,22 @@ async fn membership(
         MEMBERSHIP_PROBES
     )?;
     Ok(())
+}
+
+/// An estimate's value and bounds (NaN where absent), and whether `truth` lies within them.
+fn bounds_of(estimate: &Value, truth: f64) -> (f64, f64, f64, &'static str) {
+    let number = |field: &str| estimate[field].as_f64().unwrap_or(f64::NAN);
+    let (value, lower, upper) = (
+        number("estimate"),
+        number("lower_bound"),
+        number("upper_bound"),
+    );
+    let inside = if (lower..=upper).contains(&truth) {
+        "yes"
+    } else {
+        "NO"
+    };
+    (value, lower, upper, inside)
 }
 
 fn truncate(text: &str, width: usize) -> String {

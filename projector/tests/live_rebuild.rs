@@ -75,9 +75,17 @@ fn highs(topic: &str) -> Vec<i64> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_a_changed_projection_file_is_built_beside_and_switched_in_while_serving() {
-    let name = unique("rebuild");
+/// A fresh topic holding `BEFORE` views, and a node (polling its projection file every 200 ms,
+/// switching at a lag of 20) that has folded them all.
+async fn node_over_views(
+    label: &str,
+) -> (
+    std::path::PathBuf,
+    String,
+    rdkafka::producer::FutureProducer,
+    Node,
+) {
+    let name = unique(label);
     let dir = test_dir(&name);
     let topic = format!("events-{name}");
     testkit::create_topic(&topic, PARTITIONS).await;
@@ -93,14 +101,19 @@ async fn test_a_changed_projection_file_is_built_beside_and_switched_in_while_se
         )
         .await;
     }
-
-    let mut node = Node::start(
+    let node = Node::start(
         &dir,
         &topic,
         "live",
         "projections_poll_ms = 200\nrebuild_switch_lag = 20\n",
     );
     node.wait_caught_up(&highs(&topic)).await;
+    (dir, topic, producer, node)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_a_changed_projection_file_is_built_beside_and_switched_in_while_serving() {
+    let (dir, topic, producer, mut node) = node_over_views("rebuild").await;
     let (old_versions, rebuild) = served_versions(&node).await.unwrap();
     assert_eq!(old_versions, versions_of(testkit::VIEW_PROJECTIONS));
     assert!(rebuild.is_null(), "no rebuild before the change: {rebuild}");
@@ -216,29 +229,7 @@ async fn test_a_changed_projection_file_is_built_beside_and_switched_in_while_se
 /// switches in: reading its lag must not hold back its fetching.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_a_rebuild_of_a_quiet_log_switches_in() {
-    let name = unique("quiet-rebuild");
-    let dir = test_dir(&name);
-    let topic = format!("events-{name}");
-    testkit::create_topic(&topic, PARTITIONS).await;
-    testkit::create_topic(&format!("{topic}.dead-letter"), 1).await;
-    let producer = producer(Duration::from_secs(30));
-    for n in 0..BEFORE {
-        let key = format!("user-{}", n % 400);
-        send_record(
-            &producer,
-            &topic,
-            PARTITIONS,
-            &view(TENANT, &key, Some(format!("e-{n}")), n),
-        )
-        .await;
-    }
-    let mut node = Node::start(
-        &dir,
-        &topic,
-        "live",
-        "projections_poll_ms = 200\nrebuild_switch_lag = 20\n",
-    );
-    node.wait_caught_up(&highs(&topic)).await;
+    let (dir, topic, _producer, mut node) = node_over_views("quiet-rebuild").await;
 
     let changed = changed_projections();
     let new_versions = versions_of(&changed);
