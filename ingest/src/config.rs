@@ -415,12 +415,16 @@ mod tests {
     fn test_config_reads_limits_and_units() {
         let text = format!(
             "{MINIMAL}\nlinger_ms = 20\nrequest_deadline_ms = 750\nmessage_timeout_ms = 500\n\
-             [limits]\nmax_events_per_request = 7\n"
+             [limits]\nmax_events_per_request = 7\nmax_past_ms = 86400000\n"
         );
         let config = Config::from_toml(&text).unwrap();
         assert_eq!(config.linger, Duration::from_millis(20));
         assert_eq!(config.request_deadline, Duration::from_millis(750));
         assert_eq!(config.limits.max_events_per_request, 7);
+        assert_eq!(config.limits.max_past_ms, Some(86_400_000));
+        let negative = format!("{MINIMAL}\n[limits]\nmax_past_ms = -5\n");
+        let error = Config::from_toml(&negative).unwrap_err().to_string();
+        assert!(error.contains("max_past_ms must be at least 0"), "{error}");
     }
 
     #[test]

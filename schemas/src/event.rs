@@ -209,6 +209,10 @@ pub struct Limits {
     /// How far past the receive time an event `time` may be, in milliseconds. Default 300000
     /// (5 minutes).
     pub max_future_ms: i64,
+    /// How far before the receive time an event `time` may be, in milliseconds; `None` (the
+    /// default) accepts any time from 1970 on. Each time bucket an event lands in costs the
+    /// projector a read model, so a bound keeps one request from opening thousands of them.
+    pub max_past_ms: Option<i64>,
     /// Most JSON values (objects, arrays, strings, numbers, booleans, nulls) in one request
     /// body; this bounds the memory of a parsed body, which a long array of small numbers
     /// would otherwise make some 16 times its length. Default 100000.
@@ -246,6 +250,7 @@ impl Default for Limits {
             max_properties: 64,
             max_depth: 4,
             max_future_ms: 5 * 60 * 1000,
+            max_past_ms: None,
             max_json_values: 100_000,
         }
     }
@@ -276,6 +281,13 @@ impl Limits {
                 name: "max_future_ms",
                 min: 0,
                 value: self.max_future_ms,
+            });
+        }
+        if let Some(max_past_ms) = self.max_past_ms.filter(|&ms| ms < 0) {
+            return Err(LimitsError::TooSmall {
+                name: "max_past_ms",
+                min: 0,
+                value: max_past_ms,
             });
         }
         Ok(())
@@ -438,6 +450,20 @@ impl EventCheck<'_> {
                 ),
             );
             return None;
+        }
+        if let Some(max_past_ms) = limits.max_past_ms {
+            if time_ms < received_ms.saturating_sub(max_past_ms) {
+                self.problem(
+                    "time",
+                    format!(
+                        "is {} ms before the server clock; at most {max_past_ms} ms \
+                         (max_past_ms) before is accepted: send recent events, or ask for \
+                         max_past_ms to be raised to load older ones",
+                        received_ms.saturating_sub(time_ms)
+                    ),
+                );
+                return None;
+            }
         }
         // Reached only when the receive time plus `max_future_ms` lies past year 9999: a record
         // cannot carry such a time (`Record::from_bytes` refuses it), so the event is refused.
@@ -1320,9 +1346,52 @@ mod tests {
             ..limits()
         };
         assert!(past_only.validate().is_err());
+        let negative_past = Limits {
+            max_past_ms: Some(-1),
+            ..limits()
+        };
+        assert_eq!(
+            negative_past.validate().unwrap_err().to_string(),
+            "limit max_past_ms must be at least 0, got -1"
+        );
+        let past: Limits = serde_json::from_value(json!({"max_past_ms": 86_400_000})).unwrap();
+        assert_eq!(past.max_past_ms, Some(86_400_000));
+        assert_eq!(Limits::default().max_past_ms, None);
         let partial: Limits = serde_json::from_value(json!({"max_properties": 8})).unwrap();
         assert_eq!(partial.max_properties, 8);
         assert_eq!(partial.max_depth, Limits::default().max_depth);
         assert!(serde_json::from_value::<Limits>(json!({"max_props": 8})).is_err());
+    }
+
+    #[test]
+    fn test_max_past_ms_bounds_how_old_an_event_may_be() {
+        let day = 86_400_000;
+        let bounded = Limits {
+            max_past_ms: Some(day),
+            ..limits()
+        };
+        let at = |time_ms: i64, limits: &Limits| {
+            let value = json!({"type": "t", "key": "k", "time": time_ms});
+            validate_event(&value, "", "weblog", NOW_MS, limits)
+        };
+        assert!(
+            at(NOW_MS - day, &bounded).is_ok(),
+            "the bound itself is accepted"
+        );
+        let found = at(NOW_MS - day - 1, &bounded).unwrap_err();
+        assert_eq!(paths(&found), ["time"]);
+        assert!(
+            found[0].reason.contains("(max_past_ms) before is accepted"),
+            "{found:?}"
+        );
+        let found = at(0, &bounded).unwrap_err();
+        assert!(
+            found[0]
+                .reason
+                .starts_with(&format!("is {NOW_MS} ms before")),
+            "{found:?}"
+        );
+        // Without the bound, 1970 is as good as now.
+        assert!(at(0, &limits()).is_ok());
     }
 }
