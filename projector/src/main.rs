@@ -1,12 +1,11 @@
 //! `projector`: runs a projector node, or rebuilds its read models from the log.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use metrics_exporter_prometheus::PrometheusBuilder;
-use tracing_subscriber::EnvFilter;
+use service::{LogFormat, init_logging, shutdown_signal};
 
 #[derive(Parser)]
 #[command(about = "Folds the event log into sketch read models")]
@@ -49,30 +48,11 @@ enum Command {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    match cli.log_format {
-        // Logs go to stderr (stdout carries only command output, such as the replay summary),
-        // in colour only when stderr is a terminal.
-        LogFormat::Text => tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::stderr().is_terminal())
-            .init(),
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init(),
-    }
+    // Logs go to stderr: stdout carries only command output, such as the replay summary.
+    init_logging(cli.log_format);
 
     match cli.command {
         Command::Run { config } => {
@@ -116,15 +96,4 @@ fn parse_time(text: &str) -> Result<i64, String> {
         })?;
     i64::try_from(instant.unix_timestamp_nanos() / 1_000_000)
         .map_err(|_| format!("{text:?} is out of range"))
-}
-
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("cannot install the SIGTERM handler");
-    tokio::select! {
-        _ = interrupt => {}
-        _ = terminate.recv() => {}
-    }
-    tracing::info!("shutting down");
 }
