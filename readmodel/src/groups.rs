@@ -30,7 +30,7 @@
 use std::collections::BTreeMap;
 
 use crate::projection::SketchParams;
-use crate::read_model::{ReadModel, ReadModelError};
+use crate::read_model::{GROUPED, REBUILD_HINT, ReadModel, ReadModelError};
 
 /// Most groups a projection may declare with `max_groups`.
 pub const MAX_GROUPS: u32 = 100_000;
@@ -197,8 +197,21 @@ impl Groups {
                 )));
             }
             let len = u32_of(take("group read model length", 4)?) as usize;
-            let model = ReadModel::from_bytes(take("group read model", len)?).map_err(|e| {
-                corrupt(format!("the read model of group `{name}` is refused: {e}"))
+            let bytes = take("group read model", len)?;
+            // Checked before decoding: a group that is itself grouped would recurse as deep as
+            // the bytes nest, and a crafted value of some 65 KB would overflow the stack.
+            if bytes.get(3).is_some_and(|kind| kind & GROUPED != 0) {
+                return Err(corrupt(format!("group `{name}` is itself grouped")));
+            }
+            let model = ReadModel::from_bytes(bytes).map_err(|e| {
+                let reason = e.to_string();
+                let reason = reason
+                    .strip_suffix(REBUILD_HINT)
+                    .unwrap_or(&reason)
+                    .to_owned();
+                corrupt(format!(
+                    "the read model of group `{name}` is refused: {reason}"
+                ))
             })?;
             if model.is_grouped() || model.params() != total.params() {
                 return Err(corrupt(format!(
@@ -464,5 +477,62 @@ mod tests {
                 ReadModel::new_grouped(&SketchParams::Distinct { lg_k: 12 }, bad).unwrap_err();
             assert!(error.to_string().contains("max_groups"), "{error}");
         }
+    }
+
+    #[test]
+    fn a_group_that_is_itself_grouped_is_refused_without_recursing() {
+        let mut leaf = ReadModel::new(&SketchParams::Distinct { lg_k: 12 }).unwrap();
+        leaf.update("x");
+        let leaf_bytes = leaf.to_bytes();
+        let hll = {
+            let len = u32::from_le_bytes(leaf_bytes[12..16].try_into().unwrap()) as usize;
+            leaf_bytes[16..16 + len].to_vec()
+        };
+        // 2,000 levels of a grouped read model whose one group is the level below: decoding
+        // must stop at the first level, not recurse 2,000 deep.
+        let mut bytes = leaf_bytes.clone();
+        for _ in 0..2_000 {
+            let mut groups = Vec::new();
+            groups.extend_from_slice(&1u32.to_le_bytes());
+            groups.extend_from_slice(&0u64.to_le_bytes());
+            groups.extend_from_slice(&0u64.to_le_bytes());
+            groups.extend_from_slice(&1u32.to_le_bytes());
+            groups.extend_from_slice(&1u32.to_le_bytes());
+            groups.push(b'a');
+            groups.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            groups.extend_from_slice(&bytes);
+            let mut next = leaf_bytes[..12].to_vec();
+            next[3] = 0x81;
+            for payload in [&hll, &groups] {
+                next.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+                next.extend_from_slice(payload);
+            }
+            bytes = next;
+        }
+        let error = ReadModel::from_bytes(&bytes).unwrap_err().to_string();
+        assert!(error.contains("group `a` is itself grouped"), "{error}");
+        assert_eq!(
+            error.matches("rebuild the read model").count(),
+            1,
+            "the hint once: {error}"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_group_names_the_fix_once() {
+        let mut model = grouped(12, 10);
+        fold(&mut model, 0..20, 2);
+        let mut groups = model.groups.as_ref().unwrap().as_ref().clone();
+        let mut top = ReadModel::new(&SketchParams::default_for(Kind::Top)).unwrap();
+        top.update("u0");
+        groups.models.insert("#c0".to_owned(), top);
+        let error = ReadModel::from_bytes(&with_groups(&model, &groups))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error.matches("rebuild the read model").count(),
+            1,
+            "{error}"
+        );
     }
 }

@@ -215,6 +215,11 @@ impl Membership {
             .insert(key);
     }
 
+    /// Bits of all stages together.
+    pub(crate) fn bits(&self) -> u64 {
+        self.stages.iter().map(|stage| stage.geometry.bits).sum()
+    }
+
     /// `false`: certainly never inserted; `true`: inserted, or a false positive.
     pub(crate) fn contains(&self, value: &str) -> bool {
         let key = raw_bytes::from_str(value);

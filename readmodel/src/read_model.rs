@@ -62,7 +62,10 @@ pub const FORMAT_VERSION: u8 = 2;
 const HEADER_LEN: usize = 12;
 
 /// Bit of the kind byte set when the read model is grouped.
-const GROUPED: u8 = 0x80;
+pub(crate) const GROUPED: u8 = 0x80;
+
+/// How every corrupt-payload error ends.
+pub(crate) const REBUILD_HINT: &str = "; rebuild the read model from the event log";
 
 /// Bit of the kind byte set when a top read model carries its item filter.
 const ITEM_FILTER: u8 = 0x40;
@@ -217,7 +220,7 @@ pub enum ReadModelError {
     },
     /// An unknown kind byte.
     #[error(
-        "read model kind byte {found} is unknown (1 distinct, 2 top, 3 membership; 0x40 added for a top read model with its item filter, 0x80 for a grouped distinct or top); the bytes are corrupt"
+        "read model kind byte {found:#04x} is unknown (0x01 distinct, 0x02 top, 0x03 membership; 0x40 added for a top read model with its item filter, 0x80 for a grouped distinct or top); the bytes are corrupt"
     )]
     UnknownKind {
         /// The kind byte.
@@ -2066,5 +2069,31 @@ mod item_filter_tests {
         let empty_stage = reader.payload("stage").unwrap().to_vec();
         let error = rebuilt(&config, &empty_stage).unwrap_err();
         assert!(error.to_string().contains("item filter"), "{error}");
+    }
+
+    #[test]
+    fn the_item_filter_is_dropped_rather_than_grown_past_its_bound() {
+        let mut model = top_of(std::iter::empty());
+        let mut dropped_at = None;
+        for i in 0..20_000u32 {
+            model.update(&format!("/page/{i}"));
+            let Sketch::Top(top) = &model.sketch else {
+                unreachable!()
+            };
+            if !top.has_item_filter() {
+                dropped_at = Some(i + 1);
+                break;
+            }
+        }
+        let dropped_at = dropped_at.expect("a filter past its bound is dropped");
+        assert!(
+            (7_000..=8_000).contains(&dropped_at),
+            "dropped after {dropped_at} distinct values"
+        );
+        // Without the filter, a count is the counters' bound again, and the bytes say so.
+        assert!(!model.count("/elsewhere").unwrap().never_seen);
+        let bytes = model.to_bytes();
+        assert_eq!(bytes[3], 2);
+        assert_eq!(ReadModel::from_bytes(&bytes).unwrap().to_bytes(), bytes);
     }
 }

@@ -32,6 +32,11 @@ pub(crate) const ITEM_FILTER_EXPECTED_ITEMS: u64 = 1024;
 /// False-positive rate of the item filter within its first stage.
 pub(crate) const ITEM_FILTER_RATE: f64 = 0.01;
 
+/// Most bits of an item filter: 16 KiB, room for three stages (7,168 distinct values). A read
+/// model that counts more distinct values drops its filter rather than grow it further: the
+/// filter would outgrow the counters it stands beside (23 times their size at a million values).
+pub(crate) const ITEM_FILTER_MAX_BITS: u64 = 1 << 17;
+
 /// The sketches of a `top` read model; the two counters' totals are always equal.
 #[derive(Clone)]
 pub(crate) struct Top {
@@ -94,9 +99,7 @@ impl Top {
         // library's update (which panics on overflow) safe.
         self.counts.update(value.as_bytes(), 1)?;
         self.heavy.update_ref(value);
-        if let Some(seen) = &mut self.seen {
-            seen.insert(value);
-        }
+        self.note_seen(value);
         Ok(())
     }
 
@@ -105,10 +108,18 @@ impl Top {
     pub(crate) fn update_with_weight(&mut self, value: &str, weight: u64) -> Result<(), Overflow> {
         self.counts.update(value.as_bytes(), weight)?;
         self.heavy.update_with_count_ref(value, weight);
+        self.note_seen(value);
+        Ok(())
+    }
+
+    /// Inserts `value` into the item filter, which is dropped once past its bound.
+    fn note_seen(&mut self, value: &str) {
         if let Some(seen) = &mut self.seen {
             seen.insert(value);
+            if seen.bits() > ITEM_FILTER_MAX_BITS {
+                self.seen = None;
+            }
         }
-        Ok(())
     }
 
     /// Adds `other` in; refused, with nothing changed, when the total would overflow. The caller
@@ -248,6 +259,16 @@ impl Top {
             Some(stages) => {
                 let seen = Membership::decode(ITEM_FILTER_EXPECTED_ITEMS, ITEM_FILTER_RATE, stages)
                     .map_err(|reason| ("item filter", reason))?;
+                if seen.bits() > ITEM_FILTER_MAX_BITS {
+                    return Err((
+                        "item filter",
+                        format!(
+                            "it has {} bits, more than the {ITEM_FILTER_MAX_BITS} an item filter \
+                             may have",
+                            seen.bits()
+                        ),
+                    ));
+                }
                 if seen.is_empty() != (counts.total() == 0) {
                     return Err((
                         "item filter",
