@@ -121,12 +121,16 @@ pub(crate) async fn groups(
                 top: model.top(k as usize),
             })
             .collect(),
-        // No node holds anything in the window, or nodes whose definition is older.
+        // No node holds anything in the window.
         None if model.events() == 0 => Vec::new(),
+        // The definition has group_by, the read models do not: written before it was declared.
         None => {
-            return Err(QueryError::NotGrouped {
+            return Err(QueryError::ProjectorsDisagree {
                 name,
-                parameter: None,
+                reason: "its read models in this window were built before group_by was \
+                         declared; wait for the rebuild to switch in on every node, or run \
+                         `projector replay`"
+                    .to_owned(),
             });
         }
     };

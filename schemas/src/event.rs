@@ -664,8 +664,6 @@ fn check_count(count: usize, limits: &Limits) -> Result<(), Vec<Problem>> {
     Ok(())
 }
 
-/// Appends a field to an event path: `[3]` + `time` = `[3].time`, `line 7` + `time` =
-/// `line 7: time`, `""` + `time` = `time`.
 /// Where a value sits inside `properties`, spelt out only when a problem names it.
 enum PropertyPath<'a> {
     Root,
@@ -683,6 +681,8 @@ impl fmt::Display for PropertyPath<'_> {
     }
 }
 
+/// Appends a field to an event path: `[3]` + `time` = `[3].time`, `line 7` + `time` =
+/// `line 7: time`, `""` + `time` = `time`.
 fn join(event: &str, field: &str) -> String {
     if event.is_empty() {
         field.to_owned()
