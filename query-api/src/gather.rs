@@ -320,6 +320,19 @@ fn merge_answers<B: ModelsBody>(
             let Some(model) = model else { continue };
             match slot {
                 None => *slot = Some(model),
+                // While the nodes switch one by one to a definition that adds or removes
+                // group_by, some answer grouped read models and some not: the totals still
+                // merge, and the answer has no groups until every node has switched.
+                Some(into) if into.is_grouped() != model.is_grouped() => {
+                    let mut total = into.total();
+                    total
+                        .merge(&model.total())
+                        .map_err(|e| QueryError::ProjectorsDisagree {
+                            name: name.into(),
+                            reason: format!("their read models do not merge: {e}"),
+                        })?;
+                    *into = total;
+                }
                 Some(into) => into
                     .merge(&model)
                     .map_err(|e| QueryError::ProjectorsDisagree {

@@ -20,7 +20,7 @@ use crate::gather::{Freshness, QueryKind};
 use crate::params::{MAX_GROUPS_LISTED, Params, TimeRange};
 use crate::routes::{
     AppState, CallerTenant, ProjectionName, Selected, Window, answerable, gather, group_by_of,
-    in_group, kind_mismatch, projection_info, query_pairs,
+    in_group, kind_mismatch, predates_group_by, projection_info, query_pairs,
 };
 
 const GROUPS_PARAMS: &[&str] = &["from", "to", "limit", "k"];
@@ -124,15 +124,7 @@ pub(crate) async fn groups(
         // No node holds anything in the window.
         None if model.events() == 0 => Vec::new(),
         // The definition has group_by, the read models do not: written before it was declared.
-        None => {
-            return Err(QueryError::ProjectorsDisagree {
-                name,
-                reason: "its read models in this window were built before group_by was \
-                         declared; wait for the rebuild to switch in on every node, or run \
-                         `projector replay`"
-                    .to_owned(),
-            });
-        }
+        None => return Err(predates_group_by(&name)),
     };
     let groups_total = entries.len();
     let shown = match limit {

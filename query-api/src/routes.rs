@@ -675,7 +675,13 @@ pub(crate) async fn in_group(
     };
     match &gathered.read_model {
         Some(model) => {
-            let selected = model.group(group).ok_or_else(not_grouped)?;
+            let Some(selected) = model.group(group) else {
+                let info = projection_info(state, name).await?;
+                return Err(match group_by_of(&info) {
+                    Some(_) => predates_group_by(name),
+                    None => not_grouped(),
+                });
+            };
             Ok(Selected {
                 model: selected,
                 freshness: gathered.freshness,
@@ -695,6 +701,17 @@ pub(crate) async fn in_group(
                 past_max_groups: Some(0),
             })
         }
+    }
+}
+
+/// The read models of a window of a projection that declares `group_by` are not grouped: they
+/// were built before it was declared.
+pub(crate) fn predates_group_by(name: &str) -> QueryError {
+    QueryError::ProjectorsDisagree {
+        name: name.into(),
+        reason: "its read models in this window were built before group_by was declared; wait \
+                 for the rebuild to switch in on every node, or run `projector replay`"
+            .to_owned(),
     }
 }
 

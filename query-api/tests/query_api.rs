@@ -1826,3 +1826,57 @@ async fn test_a_group_answer_says_when_values_went_to_no_group() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn test_nodes_switching_to_group_by_one_by_one_still_answer_the_total() {
+    // One node already folds the grouped definition, the other still the ungrouped one.
+    let a = FakeNode::new("projector-1", &[0])
+        .with_model("acme", GROUPED.0, &grouped_model(&[("#en", 0..600)]))
+        .start()
+        .await;
+    let b = FakeNode::new("projector-2", &[1])
+        .with_model("acme", GROUPED.0, &distinct_model(users(300..900)))
+        .start()
+        .await;
+    let api = start_query_api(vec![a, b]).await;
+    let (status, body) = get_json(
+        &format!("{api}/v1/projections/channel_users/distinct"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["events"], 1200);
+    let distinct = &body["distinct"];
+    assert!(
+        distinct["lower_bound"].as_f64().unwrap() <= 900.0
+            && 900.0 <= distinct["upper_bound"].as_f64().unwrap(),
+        "{body}"
+    );
+    // The groups are not all there yet: a group answer is refused, not silently partial.
+    let (status, body) = get_json(
+        &format!("{api}/v1/projections/channel_users/groups"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(status.as_u16(), 502, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("built before group_by was declared"),
+        "{body}"
+    );
+    let (status, body) = get_json(
+        &format!("{api}/v1/projections/channel_users/distinct?group=%23en"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(status.as_u16(), 502, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("built before group_by was declared"),
+        "{body}"
+    );
+}
