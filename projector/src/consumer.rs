@@ -200,11 +200,46 @@ fn consumer_config(config: &Config) -> ClientConfig {
         .set("auto.offset.reset", "error")
         // Incremental rebalances move only the partitions that change owner.
         .set("partition.assignment.strategy", "cooperative-sticky")
-        // A partition whose local queue is full is fetched again after this long, not after
-        // librdkafka's default second, during which a node catching up would sit idle.
-        .set("fetch.queue.backoff.ms", "10")
+        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
         .set_log_level(RDKafkaLogLevel::Warning);
     client
+}
+
+/// librdkafka stops fetching a partition whose local queue holds `queued.min.messages` and
+/// fetches it again only after `fetch.queue.backoff.ms`, a second by default: a consumer that
+/// drains its queue faster than that sits idle, which held replays to a third of their speed.
+/// Every consumer of the projector sets this instead.
+pub(crate) const FETCH_QUEUE_BACKOFF_MS: &str = "10";
+
+/// A consumer for partitions it assigns itself (replay, rebuild): in no group, committing
+/// nothing, and never resetting an offset silently. `role` names its group id and errors.
+pub(crate) fn standalone_consumer(config: &Config, role: &str) -> anyhow::Result<BaseConsumer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", format!("{}-{role}", config.group_id))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "error")
+        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
+        .set_log_level(RDKafkaLogLevel::Warning)
+        .create()
+        .with_context(|| format!("cannot create the Kafka consumer for the {role}"))
+}
+
+/// The partitions of `topic`; an error when it does not exist.
+pub(crate) fn topic_partitions(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<i32>> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .context("cannot read topic metadata")?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .with_context(|| format!("topic {topic} does not exist"))?
+        .partitions()
+        .iter()
+        .map(|p| p.id())
+        .collect())
 }
 
 /// Writes the pending batch, then publishes the new positions to the assignment and, as a hint

@@ -12,10 +12,10 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashSet};
-
-use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
+
+use foldhash::HashMap;
 
 use readmodel::{ProjectionFile, ReadModel};
 use schemas::Record;

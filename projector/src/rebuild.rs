@@ -37,6 +37,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::consumer::{standalone_consumer, topic_partitions};
 use crate::fold::{Folded, Folder};
 use crate::store::Store;
 
@@ -218,29 +219,8 @@ fn build(
     let store = Store::open(path, config.store_cache_bytes)?;
     store.record_definitions(&projections, text)?;
 
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
-        .set("group.id", format!("{}-rebuild", config.group_id))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "error")
-        // As for replay: fetch again soon after the local queue drains below its threshold.
-        .set("fetch.queue.backoff.ms", "10")
-        .set_log_level(RDKafkaLogLevel::Warning)
-        .create()
-        .context("cannot create the Kafka consumer for the rebuild")?;
-    let metadata = consumer
-        .fetch_metadata(Some(&config.topic), KAFKA_TIMEOUT)
-        .context("cannot read topic metadata")?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == config.topic)
-        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-        .with_context(|| format!("topic {} does not exist", config.topic))?
-        .partitions()
-        .iter()
-        .map(|p| p.id())
-        .collect();
+    let consumer = standalone_consumer(config, "rebuild")?;
+    let partitions = topic_partitions(&consumer, &config.topic)?;
     let mut assignment = TopicPartitionList::new();
     for &partition in &partitions {
         let (low, _) = consumer

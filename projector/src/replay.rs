@@ -27,8 +27,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use rdkafka::ClientConfig;
-use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -36,6 +34,7 @@ use readmodel::ProjectionFile;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::consumer::{standalone_consumer, topic_partitions};
 use crate::fold::{Folded, Folder};
 use crate::store::{Store, StoreError};
 
@@ -130,18 +129,7 @@ pub fn replay(config: &Config, options: &ReplayOptions) -> anyhow::Result<Replay
     }
     let fresh = Store::open(&fresh_path, config.store_cache_bytes)?;
 
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
-        .set("group.id", format!("{}-replay", config.group_id))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "error")
-        // librdkafka stops fetching a partition whose local queue holds queued.min.messages
-        // and waits this long before fetching again (1000 ms by default): a consumer that
-        // drains its queue faster than that sat idle for most of a replay.
-        .set("fetch.queue.backoff.ms", "10")
-        .set_log_level(RDKafkaLogLevel::Warning)
-        .create()
-        .context("cannot create the Kafka consumer for replay")?;
+    let consumer = standalone_consumer(config, "replay")?;
     let partitions = topic_partitions(&consumer, &config.topic)?;
 
     // What to fold, and where each partition starts and stops.
@@ -289,22 +277,6 @@ struct Start {
     high: i64,
     /// First offset to fold: the low watermark, or the first at or after the start time.
     offset: i64,
-}
-
-fn topic_partitions(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<i32>> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .context("cannot read topic metadata")?;
-    Ok(metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-        .with_context(|| format!("topic {topic} does not exist"))?
-        .partitions()
-        .iter()
-        .map(|p| p.id())
-        .collect())
 }
 
 /// The watermarks of each partition and the offset its replay starts at: the first record
