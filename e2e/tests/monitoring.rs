@@ -428,12 +428,11 @@ fn metric_calls(text: &str) -> Vec<MetricCall> {
     calls
 }
 
-/// The text up to the parenthesis closing the one just before `text`.
-fn balanced_args(text: &str) -> &str {
-    let mut depth = 0;
-    let mut in_string = false;
-    let mut escaped = false;
-    for (i, c) in text.char_indices() {
+/// The characters of `text` outside string literals, each with its byte index and the depth
+/// of brackets open before it.
+fn outside_strings(text: &str) -> impl Iterator<Item = (usize, char, i32)> + '_ {
+    let (mut depth, mut in_string, mut escaped) = (0, false, false);
+    text.char_indices().filter_map(move |(i, c)| {
         if in_string {
             match (escaped, c) {
                 (true, _) => escaped = false,
@@ -441,46 +440,36 @@ fn balanced_args(text: &str) -> &str {
                 (false, '"') => in_string = false,
                 _ => {}
             }
-            continue;
+            return None;
         }
+        let before = depth;
         match c {
-            '"' => in_string = true,
+            '"' => {
+                in_string = true;
+                return None;
+            }
             '(' | '[' | '{' => depth += 1,
-            ')' | ']' | '}' if depth == 0 => return &text[..i],
             ')' | ']' | '}' => depth -= 1,
             _ => {}
         }
-    }
-    text
+        Some((i, c, before))
+    })
+}
+
+/// The text up to the parenthesis closing the one just before `text`.
+fn balanced_args(text: &str) -> &str {
+    outside_strings(text)
+        .find(|&(_, c, depth)| matches!(c, ')' | ']' | '}') && depth == 0)
+        .map_or(text, |(i, _, _)| &text[..i])
 }
 
 /// Splits macro arguments at the commas outside strings and brackets.
 fn split_top_level(args: &str) -> Vec<&str> {
     let mut parts = Vec::new();
-    let mut depth = 0;
-    let mut in_string = false;
-    let mut escaped = false;
     let mut start = 0;
-    for (i, c) in args.char_indices() {
-        if in_string {
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match c {
-            '"' => in_string = true,
-            '(' | '[' | '{' => depth += 1,
-            ')' | ']' | '}' => depth -= 1,
-            ',' if depth == 0 => {
-                parts.push(&args[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
+    for (i, _, _) in outside_strings(args).filter(|&(_, c, depth)| c == ',' && depth == 0) {
+        parts.push(&args[start..i]);
+        start = i + 1;
     }
     parts.push(&args[start..]);
     parts
