@@ -70,6 +70,11 @@ else
 fi
 
 python3 -c 'import datasketches' 2>/dev/null || pip install --quiet datasketches==5.2.0
+# deploy/schemathesis.sh makes a venv, which needs ensurepip (Debian's python3-venv).
+if ! python3 -c 'import ensurepip, venv' 2>/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "test: installing Debian's python3-venv" >&2
+  apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+fi
 echo "test: cargo test against the broker at 127.0.0.1:$KAFKA_PORT and $REDIS_URL" >&2
 cargo_status=0
 KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT cargo test --workspace --no-fail-fast -- --test-threads 2 2>&1 |
