@@ -172,7 +172,8 @@ impl EventLog {
         self.partitions.store(partitions, Ordering::Release);
     }
 
-    /// Records in the producer: queued, being sent, or waiting for their acknowledgement.
+    /// Records in the producer (queued, being sent, or waiting for their acknowledgement), plus
+    /// librdkafka's callbacks (statistics, errors) its poll thread has not served yet.
     pub fn queued_records(&self) -> u32 {
         u32::try_from(self.producer.in_flight_count()).unwrap_or(0)
     }
