@@ -9,6 +9,13 @@
 //! own; one in four carries no event id, so for those only the stored offsets, not the
 //! projector's duplicate check, keep a record from being folded twice.
 //!
+//! The load after the restart comes from a second producer. On a loaded two-core machine the
+//! first one, an idempotent librdkafka producer with records queued across the outage, now and
+//! then sent nothing more once the broker was back (every later record timed out, none reached
+//! the broker; seen once in about ten runs, never with librdkafka's debug log on). What this test
+//! is about is the projector, so it does not depend on that: records the first producer never
+//! got acknowledged are allowed, and the second one makes sure there is load after the restart.
+//!
 //! This stops and starts the broker at `KAFKA_BOOTSTRAP` with `deploy/kafka.sh` (same port,
 //! same data), so it is the only test of its binary: cargo runs test binaries one at a time, and
 //! no other test sees the broker go away.
@@ -49,15 +56,18 @@ fn kafka_script(command: &str) {
 }
 
 /// Writes events until `producing` is cleared: 20 every 50 ms, each sent without waiting for
-/// the one before. Returns the keys the broker acknowledged and the number of sends it refused.
+/// the one before, numbered from `first` and counted in `sent`. Returns the keys the broker
+/// acknowledged and the number of sends that failed.
 async fn produce(
     topic: String,
+    message_timeout: Duration,
+    first: usize,
     producing: Arc<AtomicBool>,
     sent: Arc<AtomicUsize>,
 ) -> (Vec<String>, usize) {
-    let producer = node::producer(Duration::from_secs(180));
+    let producer = node::producer(message_timeout);
     let mut deliveries = Vec::new();
-    let mut n = 0;
+    let mut n = first;
     while producing.load(Ordering::Relaxed) {
         for _ in 0..20 {
             let key = format!("visitor-{n}");
@@ -76,22 +86,19 @@ async fn produce(
                 .unwrap_or_else(|(e, _)| panic!("cannot queue a record: {e}"));
             deliveries.push((key, delivery));
             n += 1;
+            sent.fetch_add(1, Ordering::Relaxed);
         }
-        sent.store(n, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut acknowledged = Vec::new();
-    let mut refused = 0;
+    let mut failed = 0;
     for (key, delivery) in deliveries {
         match delivery.await.expect("delivery reported") {
             Ok(_) => acknowledged.push(key),
-            Err((e, _)) => {
-                eprintln!("broker restart: {key} not acknowledged: {e}");
-                refused += 1;
-            }
+            Err(_) => failed += 1,
         }
     }
-    (acknowledged, refused)
+    (acknowledged, failed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,9 +124,16 @@ async fn test_broker_restart_under_load_counts_every_event_once() {
     )
     .await;
 
+    // The first producer's records sent during the outage wait for the broker, up to a minute.
     let producing = Arc::new(AtomicBool::new(true));
     let sent = Arc::new(AtomicUsize::new(0));
-    let producer = tokio::spawn(produce(topic.clone(), producing.clone(), sent.clone()));
+    let producer = tokio::spawn(produce(
+        topic.clone(),
+        Duration::from_secs(60),
+        0,
+        producing.clone(),
+        sent.clone(),
+    ));
 
     // Load before the outage, folded as it comes.
     wait_for(
@@ -147,19 +161,37 @@ async fn test_broker_restart_under_load_counts_every_event_once() {
     let outage = started.elapsed();
     node.assert_alive();
 
-    // Load after the broker is back, then the end of the stream.
+    // Load after the broker is back, from the first producer and a second one, then the end of
+    // the stream. The second producer's keys are numbered apart from the first's.
     let sent_at_start = sent.load(Ordering::Relaxed);
+    let second_sent = Arc::new(AtomicUsize::new(0));
+    let second = tokio::spawn(produce(
+        topic.clone(),
+        Duration::from_secs(60),
+        1_000_000,
+        producing.clone(),
+        second_sent.clone(),
+    ));
     wait_for(
         "more events to be sent after the restart",
         Duration::from_secs(60),
-        async || match sent.load(Ordering::Relaxed) {
-            now if now >= sent_at_start + 1_000 => Ok(()),
+        async || match second_sent.load(Ordering::Relaxed) {
+            now if now >= 1_000 => Ok(()),
             now => Err(format!("{now} sent")),
         },
     )
     .await;
     producing.store(false, Ordering::Relaxed);
-    let (acknowledged, refused) = producer.await.unwrap();
+    let (mut acknowledged, mut failed) = producer.await.unwrap();
+    let first_acknowledged = acknowledged.len();
+    let (second_acknowledged, second_failed) = second.await.unwrap();
+    // The second producer starts after the broker is back: it must not lose a record.
+    assert_eq!(
+        second_failed, 0,
+        "records of the producer started after the restart failed"
+    );
+    acknowledged.extend(second_acknowledged);
+    failed += second_failed;
     let stream_ended = Instant::now();
 
     // The topic holds each acknowledged event once, and nothing twice. (An event whose delivery
@@ -195,8 +227,9 @@ async fn test_broker_restart_under_load_counts_every_event_once() {
         );
     }
     eprintln!(
-        "broker restart: {} events acknowledged, {refused} refused, {distinct} distinct in the \
-         topic ({sent_at_stop} sent before the stop, {sent_at_start} by the restart); \
+        "broker restart: {} events acknowledged ({first_acknowledged} from the first producer), \
+         {failed} failed, {distinct} distinct in the topic ({sent_at_stop} sent before the \
+         stop, {sent_at_start} by the restart); \
          {folded_before} folded before the stop; broker away {outage:?}; all folded \
          {catch_up:?} after the last acknowledgement (the topic read back meanwhile); every \
          projection counts {distinct}",
