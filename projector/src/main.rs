@@ -1,5 +1,6 @@
 //! `projector`: runs a projector node, or rebuilds its read models from the log.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -45,6 +46,10 @@ enum Command {
         /// left as they are.
         #[arg(long)]
         projection: Option<String>,
+        /// Threads folding partitions side by side (default: one per core, at most one per
+        /// partition).
+        #[arg(long)]
+        threads: Option<NonZeroUsize>,
     },
 }
 
@@ -69,11 +74,13 @@ async fn main() -> anyhow::Result<()> {
             config,
             from,
             projection,
+            threads,
         } => {
             let config = projector::Config::load(&config)?;
             let options = projector::replay::ReplayOptions {
                 from_ms: from,
                 projection,
+                threads,
             };
             let summary =
                 tokio::task::spawn_blocking(move || projector::replay::replay(&config, &options))

@@ -15,6 +15,10 @@
 //! after the bucket holding that time, from the records appended since that bucket began; older
 //! buckets stay as they are.
 //!
+//! The partitions are dealt out to several threads (one per core by default), each folding its
+//! own with a consumer and a [`Folder`] of its own, since everything folded is kept per
+//! partition.
+//!
 //! Nothing is hidden: records a full replay leaves out, because retention deleted them or
 //! because they precede `from_ms`, are stored as lost ranges, so query answers count them in
 //! `lost_records`; and where the log no longer reaches back as far as asked, the summary says
@@ -22,8 +26,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -53,6 +59,9 @@ pub struct ReplayOptions {
     pub from_ms: Option<i64>,
     /// Rebuild only this projection, into the live store.
     pub projection: Option<String>,
+    /// Threads folding partitions side by side; by default one per core, never more than
+    /// there are partitions to read.
+    pub threads: Option<NonZeroUsize>,
 }
 
 /// What a replay did.
@@ -163,11 +172,9 @@ pub fn replay(config: &Config, options: &ReplayOptions) -> anyhow::Result<Replay
     let starts = start_offsets(&consumer, &config.topic, &partitions, start_ms)?;
 
     let replay_batch = config.batch_max_records.max(REPLAY_BATCH_RECORDS);
-    let mut folder = Folder::new(folded.clone(), fresh.clone(), config);
-    let mut remaining = BTreeMap::new();
+    let mut ranges = Vec::new();
     let mut truncated = Vec::new();
     let mut left_out = 0;
-    let mut assignment = TopicPartitionList::new();
     for (&partition, start) in &starts {
         let end = match &targets {
             Some(targets) => targets.get(&partition).copied().unwrap_or(0),
@@ -176,65 +183,51 @@ pub fn replay(config: &Config, options: &ReplayOptions) -> anyhow::Result<Replay
         if start.low > 0 && start.offset == start.low {
             truncated.push((partition, start.low));
         }
-        if targets.is_none() && start.offset > 0 {
-            // Not in the rebuilt read models: say so in every answer.
-            folder.lose(partition, 0, start.offset)?;
-            left_out += start.offset - start.low;
+        // A full replay records what it leaves out as lost, so answers count it.
+        let lost_before = (targets.is_none() && start.offset > 0).then_some(start.offset);
+        if let Some(offset) = lost_before {
+            left_out += offset - start.low;
         }
-        if end > start.offset {
-            remaining.insert(partition, end);
-            assignment.add_partition_offset(
-                &config.topic,
-                partition,
-                Offset::Offset(start.offset),
-            )?;
-        }
+        ranges.push(PartitionRange {
+            partition,
+            start: start.offset,
+            end,
+            lost_before,
+        });
     }
-    consumer.assign(&assignment)?;
-    info!(partitions = partitions.len(), to_read = ?remaining, "replay started");
-
-    let (mut records, mut undecodable) = (0u64, 0u64);
-    // Progress is timed only when a poll comes back empty: a clock read per record cost more
-    // than a twentieth of a replay.
-    let (mut last_progress, mut records_then) = (Instant::now(), 0u64);
-    while !remaining.is_empty() {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(message)) => {
-                let partition = message.partition();
-                let Some(&end) = remaining.get(&partition) else {
-                    // Past its target (a one-projection replay stops at the live offsets).
-                    continue;
-                };
-                // Poison records were dead-lettered by the live node; a rebuild only skips them.
-                if let Folded::Poison { .. } =
-                    folder.fold(partition, message.offset(), message.payload())?
-                {
-                    folder.skip(partition, message.offset())?;
-                    undecodable += 1;
-                }
-                records += 1;
-                if message.offset() + 1 >= end {
-                    remaining.remove(&partition);
-                }
-                if folder.pending_records() >= replay_batch {
-                    folder.write()?;
-                }
-            }
-            Some(Err(e)) => bail!("kafka error during replay: {e}"),
-            None if records != records_then => {
-                (last_progress, records_then) = (Instant::now(), records);
-            }
-            None if last_progress.elapsed() > STALL_TIMEOUT => {
-                bail!(
-                    "replay stalled: no record for 60s while partitions {remaining:?} were short of their target"
-                );
-            }
-            None => {}
-        }
-    }
-    folder.write()?;
-    drop(folder);
+    let shares = split_into_shares(ranges, options.threads);
+    info!(
+        partitions = partitions.len(),
+        threads = shares.len(),
+        "replay started"
+    );
     drop(consumer);
+
+    // Each share is folded by a thread of its own, with its own consumer and folder: read
+    // models, offsets and event ids are all kept per partition, so the threads share nothing
+    // but the store, and each writes its partitions' batches atomically, as one thread would.
+    let failed = AtomicBool::new(false);
+    let counts = std::thread::scope(|scope| {
+        let workers: Vec<_> = shares
+            .iter()
+            .map(|share| {
+                let (folded, fresh, failed) = (folded.clone(), fresh.clone(), &failed);
+                scope.spawn(move || {
+                    let counted = fold_share(config, folded, fresh, share, replay_batch, failed);
+                    if counted.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    counted
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| worker.join().expect("a replay thread panicked"))
+            .collect::<anyhow::Result<Vec<Counts>>>()
+    })?;
+    let records = counts.iter().map(|c| c.records).sum();
+    let undecodable = counts.iter().map(|c| c.undecodable).sum();
 
     let mut summary = ReplaySummary {
         partitions: partitions.len(),
@@ -272,6 +265,118 @@ pub fn replay(config: &Config, options: &ReplayOptions) -> anyhow::Result<Replay
 }
 
 /// Where one partition's replay starts.
+/// What a replay reads of one partition: from `start` up to `end` (exclusive); offsets below
+/// `lost_before` are recorded as lost.
+struct PartitionRange {
+    partition: i32,
+    start: i64,
+    end: i64,
+    lost_before: Option<i64>,
+}
+
+/// Records a replay thread read, and how many of them it could not decode.
+struct Counts {
+    records: u64,
+    undecodable: u64,
+}
+
+/// Deals the partitions out to `threads` threads (by default one per core, never more than
+/// there are partitions with records to read), round robin.
+fn split_into_shares(
+    ranges: Vec<PartitionRange>,
+    threads: Option<NonZeroUsize>,
+) -> Vec<Vec<PartitionRange>> {
+    let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    let with_records = ranges.iter().filter(|r| r.end > r.start).count();
+    let threads = threads
+        .map_or(cores, NonZeroUsize::get)
+        .min(with_records)
+        .max(1);
+    let mut shares: Vec<Vec<PartitionRange>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, range) in ranges.into_iter().enumerate() {
+        shares[i % threads].push(range);
+    }
+    shares
+}
+
+/// Folds the partitions of `share` into `store`, in batches of `batch` records, with a consumer
+/// of its own. Gives up, without writing its pending batch, once `failed` is set by another
+/// thread.
+fn fold_share(
+    config: &Config,
+    projections: Arc<ProjectionFile>,
+    store: Store,
+    share: &[PartitionRange],
+    batch: usize,
+    failed: &AtomicBool,
+) -> anyhow::Result<Counts> {
+    let consumer = standalone_consumer(config, "replay")?;
+    let mut folder = Folder::new(projections, store, config);
+    let mut remaining = BTreeMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for range in share {
+        if let Some(offset) = range.lost_before {
+            folder.lose(range.partition, 0, offset)?;
+        }
+        if range.end > range.start {
+            remaining.insert(range.partition, range.end);
+            assignment.add_partition_offset(
+                &config.topic,
+                range.partition,
+                Offset::Offset(range.start),
+            )?;
+        }
+    }
+    consumer.assign(&assignment)?;
+
+    let mut counts = Counts {
+        records: 0,
+        undecodable: 0,
+    };
+    let (mut last_progress, mut records_then) = (Instant::now(), 0u64);
+    while !remaining.is_empty() {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                let partition = message.partition();
+                let Some(&end) = remaining.get(&partition) else {
+                    continue;
+                };
+                if let Folded::Poison { .. } =
+                    folder.fold(partition, message.offset(), message.payload())?
+                {
+                    folder.skip(partition, message.offset())?;
+                    counts.undecodable += 1;
+                }
+                counts.records += 1;
+                if message.offset() + 1 >= end {
+                    remaining.remove(&partition);
+                }
+                if folder.pending_records() >= batch {
+                    if failed.load(Ordering::Relaxed) {
+                        bail!("replay abandoned: another replay thread failed");
+                    }
+                    folder.write()?;
+                }
+            }
+            Some(Err(e)) => bail!("kafka error during replay: {e}"),
+            None if failed.load(Ordering::Relaxed) => {
+                bail!("replay abandoned: another replay thread failed");
+            }
+            None if counts.records != records_then => {
+                (last_progress, records_then) = (Instant::now(), counts.records);
+            }
+            None if last_progress.elapsed() > STALL_TIMEOUT => {
+                bail!(
+                    "replay stalled: no record for 60s while partitions {remaining:?} were short of their target"
+                );
+            }
+            None => {}
+        }
+    }
+    folder.write()?;
+    Ok(counts)
+}
+
 struct Start {
     low: i64,
     high: i64,

@@ -6,6 +6,7 @@
 //!   live store: with its definition unchanged it rewrites the same bytes, with a changed one the
 //!   node then serves the new definition without another rebuild; and it refuses when another
 //!   projection differs from the file as well.
+//! - A full replay stores the same bytes with one thread or a thread per partition.
 //! - `--projection NAME --from T` rebuilds that projection's buckets from the one holding T on,
 //!   and gives the same bytes as the state it replaced.
 
@@ -80,6 +81,14 @@ fn sketches_of(dir: &Path, projection: &str) -> Vec<StoreEntry> {
         .collect()
 }
 
+/// Every entry of the live store.
+fn all_entries(dir: &Path) -> Vec<StoreEntry> {
+    Store::open(&dir.join("live"), 1 << 20)
+        .unwrap()
+        .entries()
+        .unwrap()
+}
+
 fn highs(topic: &str) -> Vec<i64> {
     watermarks(topic, PARTITIONS)
         .into_iter()
@@ -125,6 +134,14 @@ async fn test_replay_from_a_time_and_of_one_projection() {
     node.stop();
     let visitors_before = sketches_of(&dir, "visitors");
     assert!(!visitors_before.is_empty());
+
+    // A full replay stores the same bytes whether one thread folds every partition or each
+    // partition has a thread of its own, and the same sketches as the node folded.
+    replay_ok(&dir, &["--threads", "1"]);
+    let one_thread = all_entries(&dir);
+    replay_ok(&dir, &["--threads", "3"]);
+    assert!(all_entries(&dir) == one_thread, "threads changed the store");
+    assert_eq!(sketches_of(&dir, "visitors"), visitors_before);
 
     // One projection, definition unchanged: the same bytes, from the start or from a time.
     let summary = replay_ok(&dir, &["--projection", "visitors"]);
