@@ -73,13 +73,16 @@ pub fn run(
         fatal: Mutex::new(None),
         beyond_end: Mutex::new(Vec::new()),
     };
+    // Checked before the consumer joins its group, so a refusal exits at once: a node that
+    // refused after subscribing was once seen still running 60 s later, its consumer closing
+    // while its first assignment was served.
+    let dead_letters = DeadLetters::new(config)?;
     let consumer: BaseConsumer<ProjectorContext> = consumer_config(config)
         .create_with_context(context)
         .context("cannot create the Kafka consumer")?;
     consumer
         .subscribe(&[&config.topic])
         .with_context(|| format!("cannot subscribe to topic {}", config.topic))?;
-    let dead_letters = DeadLetters::new(config)?;
     info!(topic = %config.topic, group = %config.group_id, node = %config.node_name, "projector consuming");
 
     let batch_interval = Duration::from_millis(config.batch_interval_ms);
