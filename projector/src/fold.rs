@@ -48,9 +48,43 @@ struct Cached {
     dirty: bool,
 }
 
+/// Which projections read a record, found once per record by its event type instead of by
+/// comparing it with every projection's.
+struct Readers {
+    /// Indexes of the projections reading each event type, in file order.
+    by_type: HashMap<String, Vec<usize>>,
+    /// Indexes of the projections reading every event type.
+    any_type: Vec<usize>,
+    /// Every projection's name, shared by the read-model keys.
+    names: Vec<Arc<str>>,
+}
+
+impl Readers {
+    fn new(projections: &ProjectionFile) -> Readers {
+        let mut readers = Readers {
+            by_type: HashMap::default(),
+            any_type: Vec::new(),
+            names: Vec::new(),
+        };
+        for (index, projection) in projections.projections.iter().enumerate() {
+            match &projection.event_type {
+                Some(event_type) => readers
+                    .by_type
+                    .entry(event_type.clone())
+                    .or_default()
+                    .push(index),
+                None => readers.any_type.push(index),
+            }
+            readers.names.push(Arc::from(projection.name.as_str()));
+        }
+        readers
+    }
+}
+
 /// Pending state of one micro-batch, plus a cache of recently used sketches.
 pub struct Folder {
     projections: Arc<ProjectionFile>,
+    readers: Arc<Readers>,
     store: Store,
     dedup: Dedup,
     /// Largest record value folded; larger ones are poison.
@@ -77,6 +111,7 @@ impl Folder {
     /// A folder of `projections` into `store`, with the record and dedup bounds of `config`.
     pub fn new(projections: Arc<ProjectionFile>, store: Store, config: &Config) -> Folder {
         Folder {
+            readers: Arc::new(Readers::new(&projections)),
             projections,
             store,
             dedup: Dedup::new(config.dedup_window_ms, config.dedup_max_ids),
@@ -252,14 +287,18 @@ impl Folder {
 
     fn apply(&mut self, partition: i32, record: &Record) -> Result<(), StoreError> {
         let projections = Arc::clone(&self.projections);
-        for projection in &projections.projections {
-            let Some(value) = projection.value_of(record) else {
+        let readers = Arc::clone(&self.readers);
+        let typed = readers.by_type.get(record.event_type.as_str());
+        let mut tenant: Option<Arc<str>> = None;
+        for &index in typed.into_iter().flatten().chain(&readers.any_type) {
+            let projection = &projections.projections[index];
+            let Some(value) = projection.field_value(record) else {
                 continue;
             };
             let group = projection.group_of(record);
             let key = ModelKey {
-                projection: projection.name.clone(),
-                tenant: record.tenant.clone(),
+                projection: Arc::clone(&readers.names[index]),
+                tenant: Arc::clone(tenant.get_or_insert_with(|| Arc::from(record.tenant.as_str()))),
                 bucket_start: projection.bucket_start(record.time_ms),
                 partition,
             };
@@ -298,5 +337,85 @@ impl Folder {
             next_offset: 0,
             last_event_ms: i64::MIN,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROJECTIONS: &str = "
+[[projection]]
+name = \"viewers\"
+kind = \"distinct\"
+field = \"key\"
+event_type = \"view\"
+bucket = \"1d\"
+
+[[projection]]
+name = \"everyone\"
+kind = \"distinct\"
+field = \"key\"
+bucket = \"1d\"
+
+[[projection]]
+name = \"clickers\"
+kind = \"distinct\"
+field = \"key\"
+event_type = \"click\"
+bucket = \"1d\"
+";
+
+    fn record(n: usize, event_type: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "v": schemas::SCHEMA_VERSION,
+            "tenant": "t",
+            "type": event_type,
+            "key": format!("user-{n}"),
+            "time_ms": 1_000,
+            "received_ms": 1_000,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn test_each_projection_folds_its_event_type_and_untyped_ones_fold_all() {
+        let dir = std::env::temp_dir().join(format!(
+            "projector-fold-test-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let store = Store::open(&dir, 1 << 20).unwrap();
+        let config = Config::from_toml(
+            "brokers = \"127.0.0.1:9\"\ntopic = \"events\"\ngroup_id = \"g\"\n\
+             store_path = \"unused\"\nprojections_file = \"unused\"\n\
+             internal_listen = \"127.0.0.1:0\"\n",
+        )
+        .unwrap();
+        let projections = Arc::new(ProjectionFile::from_toml(PROJECTIONS).unwrap());
+        let mut folder = Folder::new(projections, store.clone(), &config);
+        let types = ["view", "click", "view", "purchase", "view"];
+        for (offset, event_type) in types.iter().enumerate() {
+            let payload = record(offset, event_type);
+            let folded = folder.fold(0, offset as i64, Some(&payload)).unwrap();
+            assert_eq!(folded, Folded::Applied);
+        }
+        folder.write().unwrap();
+
+        for (projection, expected) in [("viewers", 3), ("everyone", 5), ("clickers", 1)] {
+            let key = ModelKey {
+                projection: projection.into(),
+                tenant: "t".into(),
+                bucket_start: 0,
+                partition: 0,
+            };
+            let (model, _) = store.read_model_chunks(&key).unwrap().expect("stored");
+            assert_eq!(model.events(), expected, "{projection}");
+        }
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

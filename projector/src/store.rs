@@ -28,6 +28,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use readmodel::{Projection, ProjectionFile, ReadModel};
 
@@ -40,11 +41,12 @@ pub struct PartitionOffset {
     pub last_event_ms: i64,
 }
 
-/// The address of one stored sketch.
+/// The address of one stored sketch. The names are shared, not copied: the folder makes one
+/// key per record and projection.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ModelKey {
-    pub projection: String,
-    pub tenant: String,
+    pub projection: Arc<str>,
+    pub tenant: Arc<str>,
     pub bucket_start: i64,
     pub partition: i32,
 }

@@ -132,6 +132,12 @@ impl Projection {
                 return None;
             }
         }
+        self.field_value(record)
+    }
+
+    /// [`Projection::value_of`] for a record already known to be of this projection's event
+    /// type: the field's value, `None` when absent or empty.
+    pub fn field_value<'r>(&self, record: &'r Record) -> Option<Cow<'r, str>> {
         record.field(&self.field).filter(|value| !value.is_empty())
     }
 
