@@ -184,18 +184,7 @@ fn fingerprint(tenant: &str, id: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn temp_store(name: &str) -> (Store, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!(
-            "projector-dedup-{name}-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        (Store::open(&dir, 1 << 20).unwrap(), dir)
-    }
+    use crate::store::temp_store;
 
     fn write(dedup: &mut Dedup, store: &Store) {
         let mut batch = StoreBatch::default();
@@ -205,7 +194,7 @@ mod tests {
 
     #[test]
     fn test_an_id_is_folded_once_within_a_batch_across_batches_and_after_a_restart() {
-        let (store, dir) = temp_store("once");
+        let (store, dir) = temp_store("dedup-once");
         let mut dedup = Dedup::new(60_000, 1_000);
         assert!(dedup.first_sighting(&store, 0, "t", "a", 1).unwrap());
         assert!(!dedup.first_sighting(&store, 0, "t", "a", 2).unwrap());
@@ -229,7 +218,7 @@ mod tests {
 
     #[test]
     fn test_runs_leave_after_the_window_or_past_the_memory_bound() {
-        let (store, dir) = temp_store("window");
+        let (store, dir) = temp_store("dedup-window");
         let mut dedup = Dedup::new(1_000, 1_000);
         assert!(dedup.first_sighting(&store, 0, "t", "old", 0).unwrap());
         write(&mut dedup, &store);
@@ -255,7 +244,7 @@ mod tests {
 
     #[test]
     fn test_a_large_run_is_stored_in_bounded_chunks() {
-        let (store, dir) = temp_store("chunks");
+        let (store, dir) = temp_store("dedup-chunks");
         let mut dedup = Dedup::new(60_000, 100_000);
         for n in 0..5_000 {
             assert!(

@@ -380,15 +380,7 @@ bucket = \"1d\"
 
     #[test]
     fn test_each_projection_folds_its_event_type_and_untyped_ones_fold_all() {
-        let dir = std::env::temp_dir().join(format!(
-            "projector-fold-test-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        let store = Store::open(&dir, 1 << 20).unwrap();
+        let (store, dir) = crate::store::temp_store("fold-test");
         let config = Config::from_toml(
             "brokers = \"127.0.0.1:9\"\ntopic = \"events\"\ngroup_id = \"g\"\n\
              store_path = \"unused\"\nprojections_file = \"unused\"\n\

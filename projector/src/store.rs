@@ -767,21 +767,24 @@ fn sortable_i64(value: i64) -> [u8; 8] {
     ((value as u64) ^ (1 << 63)).to_be_bytes()
 }
 
+/// A store in a new folder under the system's temp dir, for unit tests; the test removes the
+/// folder it is given back.
+#[cfg(test)]
+pub(crate) fn temp_store(name: &str) -> (Store, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "projector-{name}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    (Store::open(&dir, 1 << 20).unwrap(), dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn temp_store() -> (Store, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!(
-            "projector-store-test-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        (Store::open(&dir, 1 << 20).unwrap(), dir)
-    }
 
     fn projections() -> ProjectionFile {
         ProjectionFile::from_toml(
@@ -798,7 +801,7 @@ mod tests {
 
     #[test]
     fn test_large_models_are_chunked_and_rewrite_only_changed_chunks() {
-        let (store, dir) = temp_store();
+        let (store, dir) = temp_store("store-test");
         let projection = ProjectionFile::from_toml(
             "[[projection]]\nname = \"seen\"\nkind = \"membership\"\nfield = \"key\"\n\
              bucket = \"1d\"\nexpected_items = 100000\n",
@@ -860,7 +863,7 @@ mod tests {
 
     #[test]
     fn test_store_batch_writes_models_and_offsets_together() {
-        let (store, dir) = temp_store();
+        let (store, dir) = temp_store("store-test");
         let projection = projections().projections.remove(0);
         let mut model = projection.new_read_model();
         model.update("a");
@@ -893,7 +896,7 @@ mod tests {
 
     #[test]
     fn test_store_merged_range_respects_time_and_partitions() {
-        let (store, dir) = temp_store();
+        let (store, dir) = temp_store("store-test");
         let projection = projections().projections.remove(0);
         let mut batch = StoreBatch::default();
         // Buckets at -1h, 0h, 1h, 2h on partitions 0 and 1; one value per sketch.
@@ -939,7 +942,7 @@ mod tests {
 
     #[test]
     fn test_store_refuses_changed_definition() {
-        let (store, dir) = temp_store();
+        let (store, dir) = temp_store("store-test");
         store.check_definitions(&projections()).unwrap();
         store.check_definitions(&projections()).unwrap();
         let changed = ProjectionFile::from_toml(
