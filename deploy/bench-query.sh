@@ -10,12 +10,15 @@
 #   - the 30-day distinct query with a different `to` on every request (so the cache never
 #     answers: every request merges the nodes' read models again);
 #   - the 30-day distinct query at BENCH_RATE requests/s, open loop (latency counted from the
-#     scheduled send time).
+#     scheduled send time);
+#   - the 30-day distinct query and series again, closed loop and at BENCH_RATE, while a second
+#     producer streams BENCH_STREAM events a second into the window's last hour, as a live
+#     dashboard sees: every partition moves, so the query API's cache never answers.
 # Prints a table and rewrites the measured section of docs/query-benchmark.md.
 #
 # usage: deploy/bench-query.sh [EVENTS]
 # environment: BENCH_KAFKA_PORT [19992], BENCH_DURATION_S [15], BENCH_CONNECTIONS [16],
-#   BENCH_RATE [1000], BENCH_TOOLS_DIR [$HOME/.cache/stream-pipeline/tools]
+#   BENCH_RATE [1000], BENCH_STREAM [2000], BENCH_TOOLS_DIR [$HOME/.cache/stream-pipeline/tools]
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,6 +29,7 @@ brokers=127.0.0.1:$KAFKA_PORT
 duration_s=${BENCH_DURATION_S:-15}
 connections=${BENCH_CONNECTIONS:-16}
 rate=${BENCH_RATE:-1000}
+stream=${BENCH_STREAM:-2000}
 tools_dir=${BENCH_TOOLS_DIR:-$HOME/.cache/stream-pipeline/tools}
 OHA_VERSION=1.10.0
 oha=$tools_dir/bin/oha
@@ -132,6 +136,32 @@ measure distinct-30d-uncached \
   -c "$connections" --rand-regex-url
 measure distinct-30d-rate "$base/visitors/distinct?from=$day_from&to=$month_to" -c "$connections" -q "$rate"
 
+# A second producer adds $stream events a second, 10 ms apart in event time, to the last hour of
+# the window (180 seconds of it fit), with ids past those already sent.
+streamer() {
+  local second=0 sent=0
+  while ((second < 180)); do
+    "$bin/produce" synthetic --count "$stream" --kafka "$brokers" --topic qbench --tenant bench \
+      --start-ms $((last_hour + second * stream * 10)) --first-id $((events + sent)) >/dev/null
+    sent=$((sent + stream))
+    echo "$sent" >"$run_dir/streamed"
+    second=$((second + 1))
+    sleep 1
+  done
+}
+say "streaming into the window's last hour"
+stream_start=$(date +%s.%N)
+streamer &
+streamer_pid=$!
+pids+=("$streamer_pid")
+sleep 3
+measure distinct-30d-streaming "$base/visitors/distinct?from=$day_from&to=$month_to" -c "$connections"
+measure series-30d-streaming "$base/visitors/series?from=$day_from&to=$month_to&step=1d" -c "$connections"
+measure distinct-30d-rate-streaming "$base/visitors/distinct?from=$day_from&to=$month_to" -c "$connections" -q "$rate"
+kill "$streamer_pid" 2>/dev/null || true
+streamed=$(cat "$run_dir/streamed" 2>/dev/null || echo 0)
+stream_rate=$(awk -v n="$streamed" -v s="$stream_start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.0f", n / (e - s) }')
+
 row() {
   jq -r --arg name "$1" --arg what "$2" '
     def ms: . * 1000 | . * 100 | round / 100;
@@ -149,6 +179,9 @@ table=$(
   row series-30d "distinct series, 30 days in 1-day steps"
   row distinct-30d-uncached "distinct, 30 days, a new window every request (no cache)"
   row distinct-30d-rate "distinct, 30 days, at $rate requests/s (open loop)"
+  row distinct-30d-streaming "distinct, 30 days, while events stream in"
+  row series-30d-streaming "distinct series, 30 days in 1-day steps, while events stream in"
+  row distinct-30d-rate-streaming "distinct, 30 days, at $rate requests/s while events stream in (open loop)"
 )
 printf '%s\n' "$table"
 
@@ -161,7 +194,9 @@ $(git rev-parse --short HEAD), $(nproc) cores ($(grep -m1 'model name' /proc/cpu
 load average $(cut -d' ' -f1-3 /proc/loadavg) at the end. oha $OHA_VERSION, $connections connections,
 ${duration_s} s per run, on the same machine as the query API, the projector node and the broker.
 $events synthetic page views over 30 days (deploy/projections.toml: \`visitors\` and
-\`top_paths\` in hourly buckets), one projector node, 4 partitions.
+\`top_paths\` in hourly buckets), one projector node, 4 partitions. The rows "while events
+stream in" had a second producer adding $streamed events to the window's last hour during
+them ($stream_rate events/s on average).
 
 $table
 <!-- measured:end -->

@@ -58,10 +58,17 @@ struct SyntheticArgs {
     /// Distinct paths, drawn with a skew (path n about 1/n as often as path 1).
     #[arg(long, default_value_t = 10_000)]
     paths: u64,
-    /// Spread the event times evenly over this many days from 2024-01-01 (default: 10 ms
+    /// Spread the event times evenly over this many days from the start (default: 10 ms
     /// between events).
     #[arg(long)]
     span_days: Option<u32>,
+    /// Time of the first event, epoch ms (default: 2024-01-01T00:00:00Z).
+    #[arg(long, default_value_t = synthetic::START_MS)]
+    start_ms: i64,
+    /// Number in the first event's id (`synthetic-N`): a run that adds to a stream starts past
+    /// the ids already sent, or its events are dropped as retried duplicates.
+    #[arg(long, default_value_t = 0)]
+    first_id: u64,
 }
 
 #[derive(Args)]
@@ -139,7 +146,12 @@ async fn synthetic(args: SyntheticArgs) -> anyhow::Result<()> {
         Some(0) => bail!("--span-days must be at least 1"),
         Some(days) => (i64::from(days) * 86_400_000 / args.count.max(1) as i64).max(1),
     };
-    let records = synthetic::page_views(&args.tenant, args.count, args.keys, args.paths, step_ms);
+    let layout = synthetic::Layout {
+        start_ms: args.start_ms,
+        step_ms,
+        first_id: args.first_id,
+    };
+    let records = synthetic::page_views(&args.tenant, args.count, args.keys, args.paths, layout);
     let sent = send::records_to_kafka(records, args.count, &args.kafka, &args.topic).await?;
     println!("{sent}");
     Ok(())
