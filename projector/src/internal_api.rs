@@ -160,7 +160,7 @@ async fn read_model(
     let store = serving.store.clone();
     let tenant = params.tenant;
     let merged = tokio::task::spawn_blocking(move || {
-        store.merged_range(&name, &tenant, from, to, |p| owned.contains(&p))
+        store.merged_range_cached(&name, &tenant, from, to, &owned)
     })
     .await;
     match merged {
@@ -267,8 +267,7 @@ async fn read_model_series(
             .map(|index| {
                 let start = params.from + index * params.step;
                 let end = (start + params.step).min(params.to);
-                let merged =
-                    store.merged_range(&name, &tenant, start, end, |p| owned.contains(&p))?;
+                let merged = store.merged_range_cached(&name, &tenant, start, end, &owned)?;
                 Ok(SeriesStep {
                     start,
                     read_model: merged

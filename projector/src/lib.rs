@@ -14,6 +14,7 @@ pub mod consumer;
 pub mod dedup;
 pub mod fold;
 pub mod internal_api;
+pub mod merge_cache;
 pub mod rebuild;
 pub mod replay;
 pub mod store;

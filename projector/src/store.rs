@@ -28,9 +28,11 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use readmodel::{Projection, ProjectionFile, ReadModel};
+
+use crate::merge_cache::{MergeCache, Plan, RangeKey};
 
 /// Where a partition's folded state stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +58,8 @@ pub struct ModelKey {
 pub struct StoreBatch {
     batch: sled::Batch,
     empty: bool,
+    /// The buckets whose read models the batch changes: projection, tenant, bucket start.
+    changed: Vec<(Arc<str>, Arc<str>, i64)>,
 }
 
 /// Why the store could not do what was asked.
@@ -88,7 +92,12 @@ pub enum StoreError {
 pub struct Store {
     db: sled::Db,
     state: sled::Tree,
+    /// Merges of bucket ranges kept for repeated reads; told of every write of read models.
+    merges: Arc<Mutex<MergeCache>>,
 }
+
+/// Most bytes of merged read models a store keeps for repeated range reads.
+pub const MERGE_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 const OFFSET_PREFIX: u8 = b'o';
 const DEFINITION_PREFIX: u8 = b'd';
@@ -136,7 +145,11 @@ impl Store {
             Ok::<_, sled::Error>((db, state))
         });
         match opened {
-            Ok(Ok((db, state))) => Ok(Store { db, state }),
+            Ok(Ok((db, state))) => Ok(Store {
+                db,
+                state,
+                merges: Arc::new(Mutex::new(MergeCache::new(MERGE_CACHE_BYTES))),
+            }),
             Ok(Err(source @ (sled::Error::Corruption { .. } | sled::Error::ReportableBug(_)))) => {
                 Err(damaged(source.to_string()))
             }
@@ -319,31 +332,118 @@ impl Store {
         to: i64,
         include: impl Fn(i32) -> bool,
     ) -> Result<Option<ReadModel>, StoreError> {
+        let mut merged = None;
+        self.merge_range_into(&mut merged, projection, tenant, from, to, |partition, _| {
+            include(partition)
+        })?;
+        Ok(merged)
+    }
+
+    /// [`Store::merged_range`] over `partitions`, through the merge cache (see
+    /// [`crate::merge_cache`]): a range read again while only a few of its buckets are being
+    /// written costs the merge of those few.
+    pub fn merged_range_cached(
+        &self,
+        projection: &str,
+        tenant: &str,
+        from: i64,
+        to: i64,
+        partitions: &[i32],
+    ) -> Result<Option<ReadModel>, StoreError> {
+        let mut partitions = partitions.to_vec();
+        partitions.sort_unstable();
+        partitions.dedup();
+        let key = RangeKey {
+            projection: projection.to_owned(),
+            tenant: tenant.to_owned(),
+            from,
+            to,
+            partitions,
+        };
+        let included = |partition: i32| key.partitions.binary_search(&partition).is_ok();
+        let plan = self.merges().plan(&key);
+        let (result, hot) = match plan {
+            Plan::Bypass => {
+                metrics::counter!("projector_merge_cache_reads_total", "result" => "bypass")
+                    .increment(1);
+                return self.merged_range(projection, tenant, from, to, included);
+            }
+            Plan::Cached { cold, hot } => {
+                metrics::counter!("projector_merge_cache_reads_total", "result" => "hit")
+                    .increment(1);
+                (cold.map(Arc::unwrap_or_clone), hot)
+            }
+            Plan::Fill { seq, hot } => {
+                metrics::counter!("projector_merge_cache_reads_total", "result" => "miss")
+                    .increment(1);
+                let mut cold = None;
+                self.merge_range_into(&mut cold, projection, tenant, from, to, |p, bucket| {
+                    included(p) && !hot.contains(&bucket)
+                })?;
+                let result = cold.clone();
+                let mut merges = self.merges();
+                merges.insert(key.clone(), seq, hot.clone(), cold);
+                let (entries, bytes) = merges.size();
+                drop(merges);
+                metrics::gauge!("projector_merge_cache_entries").set(entries as f64);
+                metrics::gauge!("projector_merge_cache_bytes").set(bytes as f64);
+                (result, hot)
+            }
+        };
+        let mut merged = result;
+        for bucket in hot {
+            self.merge_range_into(
+                &mut merged,
+                projection,
+                tenant,
+                bucket,
+                bucket.saturating_add(1),
+                |partition, _| included(partition),
+            )?;
+        }
+        Ok(merged)
+    }
+
+    /// Merges into `merged` the sketches of `projection` for `tenant` whose bucket starts lie in
+    /// `[from, to)` and whose partition and bucket start `include` accepts.
+    fn merge_range_into(
+        &self,
+        merged: &mut Option<ReadModel>,
+        projection: &str,
+        tenant: &str,
+        from: i64,
+        to: i64,
+        include: impl Fn(i32, i64) -> bool,
+    ) -> Result<(), StoreError> {
+        if from >= to {
+            return Ok(());
+        }
         let prefix = model_prefix(projection, tenant);
         let mut start = prefix.clone();
         start.extend_from_slice(&sortable_i64(from));
-        let mut end = prefix.clone();
+        let mut end = prefix;
         end.extend_from_slice(&sortable_i64(to));
-
-        let mut merged: Option<ReadModel> = None;
         for model in ModelChunks::new(self.state.range(start..end)) {
-            let (partition, value) = model?;
-            if !include(partition) {
+            let (partition, bucket, value) = model?;
+            if !include(partition, bucket) {
                 continue;
             }
-            let model = ReadModel::from_bytes(&value).map_err(|e| StoreError::Corrupt {
-                key: format!("{projection}/{tenant}/partition {partition}"),
+            let corrupt = |e: readmodel::ReadModelError| StoreError::Corrupt {
+                key: format!("{projection}/{tenant}/partition {partition}/bucket {bucket}"),
                 reason: e.to_string(),
-            })?;
+            };
+            let model = ReadModel::from_bytes(&value).map_err(corrupt)?;
             match merged.as_mut() {
-                Some(merged) => merged.merge(&model).map_err(|e| StoreError::Corrupt {
-                    key: format!("{projection}/{tenant}/partition {partition}"),
-                    reason: e.to_string(),
-                })?,
-                None => merged = Some(model),
+                Some(merged) => merged.merge(&model).map_err(corrupt)?,
+                None => *merged = Some(model),
             }
         }
-        Ok(merged)
+        Ok(())
+    }
+
+    fn merges(&self) -> MutexGuard<'_, MergeCache> {
+        // The cache holds no invariant a panic elsewhere could have broken half-way.
+        self.merges.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Every stored id run of a partition, oldest first.
@@ -445,6 +545,7 @@ impl Store {
             definition_of(projection).as_bytes(),
         );
         self.state.apply_batch(batch)?;
+        self.merges().replaced(&projection.name);
         Ok(copied)
     }
 
@@ -511,6 +612,15 @@ impl Store {
         if !batch.empty {
             self.state.apply_batch(batch.batch)?;
         }
+        if !batch.changed.is_empty() {
+            // After the write: a read that misses this stamp has seen the write.
+            self.merges().written(
+                batch
+                    .changed
+                    .iter()
+                    .map(|(projection, tenant, bucket)| (projection, tenant, *bucket)),
+            );
+        }
         Ok(())
     }
 
@@ -546,6 +656,13 @@ impl StoreBatch {
         for index in digests.len()..old_chunks {
             self.batch.remove(chunk_key(&base, index));
             self.empty = false;
+        }
+        if stored != Some(&digests[..]) {
+            self.changed.push((
+                Arc::clone(&key.projection),
+                Arc::clone(&key.tenant),
+                key.bucket_start,
+            ));
         }
         digests
     }
@@ -710,8 +827,8 @@ fn chunk_key(base: &[u8], index: usize) -> Vec<u8> {
     key
 }
 
-/// Consecutive model chunks put back together: each item is a partition and the whole value of
-/// one read model, read from a key range of model chunk keys.
+/// Consecutive model chunks put back together: each item is a partition, a bucket start and the
+/// whole value of one read model, read from a key range of model chunk keys.
 struct ModelChunks<I: Iterator> {
     entries: std::iter::Peekable<I>,
 }
@@ -725,14 +842,15 @@ impl<I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> ModelChunks<I> 
 }
 
 impl<I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Iterator for ModelChunks<I> {
-    type Item = Result<(i32, Vec<u8>), StoreError>;
+    type Item = Result<(i32, i64, Vec<u8>), StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         let (key, first) = match self.entries.next()? {
             Ok(entry) => entry,
             Err(e) => return Some(Err(e.into())),
         };
-        let Some(base_len) = key.len().checked_sub(6) else {
+        let (Some(base_len), Some(bucket)) = (key.len().checked_sub(6), model_key_bucket(&key))
+        else {
             return Some(Err(StoreError::Corrupt {
                 key: format!("{key:?}"),
                 reason: "model chunk key too short".into(),
@@ -751,7 +869,7 @@ impl<I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Iterator for Mo
                 Err(e) => return Some(Err(e.into())),
             }
         }
-        Some(Ok((partition, value)))
+        Some(Ok((partition, bucket, value)))
     }
 }
 
@@ -936,6 +1054,60 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+        drop(store);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn test_cached_range_reads_equal_fresh_merges_while_buckets_are_written() {
+        let (store, dir) = temp_store("merge-cache-test");
+        let projection = projections().projections.remove(0);
+        let hour = 3_600_000i64;
+        // xorshift64: a fixed sequence of writes and reads.
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let windows = [(0, 24 * hour), (12 * hour, 24 * hour), (0, 12 * hour)];
+        let partition_sets: [&[i32]; 2] = [&[0, 1, 2], &[2, 0]];
+        for step in 0..600 {
+            // Mostly the last two hours, as a live stream writes; now and then a late event.
+            let mut batch = StoreBatch::default();
+            for _ in 0..next(3) {
+                let hours = if next(8) == 0 { next(24) } else { 22 + next(2) };
+                let key = ModelKey {
+                    projection: "visitors".into(),
+                    tenant: "t".into(),
+                    bucket_start: hours as i64 * hour,
+                    partition: next(3) as i32,
+                };
+                let (mut model, stored) = match store.read_model_chunks(&key).unwrap() {
+                    Some((model, digests)) => (model, Some(digests)),
+                    None => (projection.new_read_model(), None),
+                };
+                model.update(&format!("v{step}-{}", next(1_000)));
+                batch.put_model(&key, &model, stored.as_deref());
+            }
+            store.write(batch).unwrap();
+            let (from, to) = windows[next(3) as usize];
+            let partitions = partition_sets[next(2) as usize];
+            let cached = store
+                .merged_range_cached("visitors", "t", from, to, partitions)
+                .unwrap();
+            let fresh = store
+                .merged_range("visitors", "t", from, to, |p| partitions.contains(&p))
+                .unwrap();
+            assert_eq!(
+                cached.map(|m| m.to_bytes()),
+                fresh.map(|m| m.to_bytes()),
+                "step {step}, window {from}..{to}, partitions {partitions:?}"
+            );
+        }
+        let hits = store.merges().hits();
+        assert!(hits > 100, "only {hits} of 600 reads came from the cache");
         drop(store);
         std::fs::remove_dir_all(dir).unwrap();
     }
