@@ -23,6 +23,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use lru::LruCache;
 use readmodel::ReadModel;
 
 /// A bucket written by one of this many last writes is read afresh on every read rather than
@@ -67,7 +68,6 @@ struct Entry {
     hot: Vec<i64>,
     cold: Option<Arc<ReadModel>>,
     bytes: usize,
-    used: u64,
 }
 
 /// See the module documentation.
@@ -79,9 +79,9 @@ pub struct MergeCache {
     stamps: HashMap<Arc<str>, HashMap<Arc<str>, BucketStamps>>,
     /// The last write that replaced a projection's read models wholesale.
     replaced: HashMap<String, u64>,
-    entries: HashMap<RangeKey, Entry>,
+    /// Bounded by bytes, not by count: see [`MergeCache::insert`].
+    entries: LruCache<RangeKey, Entry>,
     bytes: usize,
-    reads: u64,
     hits: u64,
 }
 
@@ -93,9 +93,8 @@ impl MergeCache {
             seq: 0,
             stamps: HashMap::new(),
             replaced: HashMap::new(),
-            entries: HashMap::new(),
+            entries: LruCache::unbounded(),
             bytes: 0,
-            reads: 0,
             hits: 0,
         }
     }
@@ -128,7 +127,6 @@ impl MergeCache {
 
     /// How to read `key`'s range now.
     pub fn plan(&mut self, key: &RangeKey) -> Plan {
-        self.reads += 1;
         let stamps = self
             .stamps
             .get(key.projection.as_str())
@@ -146,14 +144,13 @@ impl MergeCache {
             let changed = in_range(key.from, key.to)
                 .any(|(bucket, &stamp)| stamp > entry.seq && !entry.hot.contains(bucket));
             if !replaced && !changed {
-                entry.used = self.reads;
                 self.hits += 1;
                 return Plan::Cached {
                     cold: entry.cold.clone(),
                     hot: entry.hot.clone(),
                 };
             }
-            let gone = self.entries.remove(key).expect("entry just found");
+            let gone = self.entries.pop(key).expect("entry just found");
             self.bytes -= gone.bytes;
         }
         if self.limit_bytes == 0 {
@@ -178,16 +175,13 @@ impl MergeCache {
         if bytes > self.limit_bytes {
             return;
         }
+        if let Some(old) = self.entries.pop(&key) {
+            self.bytes -= old.bytes;
+        }
         while self.bytes + bytes > self.limit_bytes {
-            let Some(oldest) = self
-                .entries
-                .iter()
-                .min_by_key(|(_, entry)| entry.used)
-                .map(|(key, _)| key.clone())
-            else {
+            let Some((_, gone)) = self.entries.pop_lru() else {
                 break;
             };
-            let gone = self.entries.remove(&oldest).expect("entry just found");
             self.bytes -= gone.bytes;
         }
         self.bytes += bytes;
@@ -196,11 +190,8 @@ impl MergeCache {
             hot,
             cold: cold.map(Arc::new),
             bytes,
-            used: self.reads,
         };
-        if let Some(old) = self.entries.insert(key, entry) {
-            self.bytes -= old.bytes;
-        }
+        self.entries.put(key, entry);
     }
 
     /// Entries held and their bytes.
