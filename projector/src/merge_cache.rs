@@ -34,6 +34,11 @@ pub const HOT_WRITES: u64 = 64;
 /// Most hot buckets a cached range may have; a range with more is merged without the cache.
 pub const MAX_HOT_BUCKETS: usize = 16;
 
+/// Stamps older than this many writes are forgotten, every this many writes, with the entries
+/// made before them (which could no longer be checked): the cache remembers the buckets written
+/// lately, not every bucket ever written.
+pub const REMEMBERED_WRITES: u64 = 10_000;
+
 /// The range a read asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RangeKey {
@@ -116,6 +121,31 @@ impl MergeCache {
                 None => tenants.entry(Arc::clone(tenant)).or_default(),
             };
             buckets.insert(bucket, stamp);
+        }
+        if self.seq % REMEMBERED_WRITES == 0 {
+            self.forget_before(self.seq - REMEMBERED_WRITES);
+        }
+    }
+
+    /// Drops the stamps of writes up to `seq` and the entries made before them.
+    fn forget_before(&mut self, seq: u64) {
+        for tenants in self.stamps.values_mut() {
+            for buckets in tenants.values_mut() {
+                buckets.retain(|_, stamp| *stamp > seq);
+            }
+            tenants.retain(|_, buckets| !buckets.is_empty());
+        }
+        self.stamps.retain(|_, tenants| !tenants.is_empty());
+        let stale: Vec<RangeKey> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| entry.seq < seq)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in stale {
+            if let Some(gone) = self.entries.pop(&key) {
+                self.bytes -= gone.bytes;
+            }
         }
     }
 
@@ -291,6 +321,36 @@ mod tests {
         write(&mut cache, &[10]);
         cache.insert(key(0, 30), seq, hot, None);
         assert!(matches!(cache.plan(&key(0, 30)), Plan::Fill { .. }));
+    }
+
+    #[test]
+    fn test_old_stamps_are_forgotten_with_the_entries_that_needed_them() {
+        let mut cache = MergeCache::new(1 << 20);
+        write(&mut cache, &[10]);
+        let Plan::Fill { seq, hot } = cache.plan(&key(0, 30)) else {
+            panic!("a first read fills");
+        };
+        cache.insert(key(0, 30), seq, hot, None);
+        for _ in 1..REMEMBERED_WRITES * 2 {
+            write(&mut cache, &[99]);
+        }
+        assert_eq!(cache.size().0, 0, "the entry could not be checked any more");
+        let buckets: usize = cache
+            .stamps
+            .values()
+            .flat_map(|t| t.values())
+            .map(BTreeMap::len)
+            .sum();
+        assert_eq!(buckets, 1, "only bucket 99's stamp is left");
+        // An entry made after the horizon survives it.
+        let Plan::Fill { seq, hot } = cache.plan(&key(0, 30)) else {
+            panic!("no entry");
+        };
+        cache.insert(key(0, 30), seq, hot, None);
+        for _ in 0..REMEMBERED_WRITES {
+            write(&mut cache, &[99]);
+        }
+        assert!(matches!(cache.plan(&key(0, 30)), Plan::Cached { .. }));
     }
 
     #[test]
