@@ -8,7 +8,6 @@
 //! Only the projector writes the read-model store, and only one process opens it.
 
 pub mod assignment;
-mod batch;
 pub mod config;
 pub mod consumer;
 pub mod dedup;

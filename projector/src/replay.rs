@@ -34,11 +34,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use readmodel::ProjectionFile;
 use tracing::{info, warn};
 
-use crate::batch::BatchReader;
 use crate::config::Config;
 use crate::consumer::{standalone_consumer, topic_partitions};
 use crate::fold::{Folded, Folder};
@@ -50,9 +50,6 @@ const REPLAY_BATCH_RECORDS: usize = 50_000;
 /// Give up when no record arrives for this long while partitions are still short of their
 /// target.
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Most messages taken from the consumer's queue at once.
-const READ_BATCH: usize = 1024;
 
 /// What to rebuild.
 #[derive(Debug, Clone, Default)]
@@ -351,47 +348,46 @@ fn fold_share(
         records: 0,
         undecodable: 0,
     };
-    // Progress is timed only when a read comes back empty: a clock read per record cost more
+    // Progress is timed only when a poll comes back empty: a clock read per record cost more
     // than a twentieth of a replay.
     let (mut last_progress, mut records_then) = (Instant::now(), 0u64);
-    let mut reader = BatchReader::new(&consumer, READ_BATCH)?;
     while !remaining.is_empty() {
-        let taken = reader.read(Duration::from_millis(200), |message| {
-            let Some(&end) = remaining.get(&message.partition) else {
-                // Past its target (a one-projection replay stops at the live offsets).
-                return Ok(());
-            };
-            // Poison records were dead-lettered by the live node; a rebuild only skips them.
-            if let Folded::Poison { .. } =
-                folder.fold(message.partition, message.offset, message.payload)?
-            {
-                folder.skip(message.partition, message.offset)?;
-                counts.undecodable += 1;
-            }
-            counts.records += 1;
-            if message.offset + 1 >= end {
-                remaining.remove(&message.partition);
-            }
-            if folder.pending_records() >= batch {
-                if failed.load(Ordering::Relaxed) {
-                    return Err(Abandoned.into());
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                let partition = message.partition();
+                let Some(&end) = remaining.get(&partition) else {
+                    // Past its target (a one-projection replay stops at the live offsets).
+                    continue;
+                };
+                // Poison records were dead-lettered by the live node; a rebuild only skips them.
+                if let Folded::Poison { .. } =
+                    folder.fold(partition, message.offset(), message.payload())?
+                {
+                    folder.skip(partition, message.offset())?;
+                    counts.undecodable += 1;
                 }
-                folder.write()?;
+                counts.records += 1;
+                if message.offset() + 1 >= end {
+                    remaining.remove(&partition);
+                }
+                if folder.pending_records() >= batch {
+                    if failed.load(Ordering::Relaxed) {
+                        return Err(Abandoned.into());
+                    }
+                    folder.write()?;
+                }
             }
-            Ok(())
-        })?;
-        if taken > 0 {
-            continue;
-        }
-        if failed.load(Ordering::Relaxed) {
-            return Err(Abandoned.into());
-        }
-        if counts.records != records_then {
-            (last_progress, records_then) = (Instant::now(), counts.records);
-        } else if last_progress.elapsed() > STALL_TIMEOUT {
-            bail!(
-                "replay stalled: no record for 60s while partitions {remaining:?} were short of their target"
-            );
+            Some(Err(e)) => bail!("kafka error during replay: {e}"),
+            None if failed.load(Ordering::Relaxed) => return Err(Abandoned.into()),
+            None if counts.records != records_then => {
+                (last_progress, records_then) = (Instant::now(), counts.records);
+            }
+            None if last_progress.elapsed() > STALL_TIMEOUT => {
+                bail!(
+                    "replay stalled: no record for 60s while partitions {remaining:?} were short of their target"
+                );
+            }
+            None => {}
         }
     }
     folder.write()?;
