@@ -184,6 +184,19 @@ impl Folder {
         Ok(())
     }
 
+    /// Moves `partition` to `offset` when the offsets before it hold no record to fold: a
+    /// transaction's commit or abort marker, or the records of an aborted transaction, which the
+    /// consumer reads past without handing them over.
+    pub fn pass_to(&mut self, partition: i32, offset: i64) -> Result<(), StoreError> {
+        let mut position = self.position(partition)?;
+        if offset > position.next_offset {
+            self.pending_since.get_or_insert_with(Instant::now);
+            position.next_offset = offset;
+            self.positions.insert(partition, position);
+        }
+        Ok(())
+    }
+
     /// Records that offsets `[from, to)` of `partition` were deleted before they were folded,
     /// and moves the partition to `to`.
     pub fn lose(&mut self, partition: i32, from: i64, to: i64) -> Result<(), StoreError> {

@@ -284,6 +284,13 @@ struct PartitionRange {
     lost_before: Option<i64>,
 }
 
+impl PartitionRange {
+    /// Offsets to read.
+    fn len(&self) -> i64 {
+        (self.end - self.start).max(0)
+    }
+}
+
 /// Why a replay thread stopped early: another one failed.
 #[derive(Debug, thiserror::Error)]
 #[error("replay abandoned: another replay thread failed")]
@@ -296,9 +303,10 @@ struct Counts {
 }
 
 /// Deals the partitions out to `threads` threads (by default one per core, never more than
-/// there are partitions with records to read), round robin.
+/// there are partitions with records to read): the longest first, each to the thread with the
+/// fewest offsets to read so far, so that busy partitions do not end up in one thread.
 fn split_into_shares(
-    ranges: Vec<PartitionRange>,
+    mut ranges: Vec<PartitionRange>,
     threads: Option<NonZeroUsize>,
 ) -> Vec<Vec<PartitionRange>> {
     let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
@@ -307,11 +315,18 @@ fn split_into_shares(
         .map_or(cores, NonZeroUsize::get)
         .min(with_records)
         .max(1);
-    let mut shares: Vec<Vec<PartitionRange>> = (0..threads).map(|_| Vec::new()).collect();
-    for (i, range) in ranges.into_iter().enumerate() {
-        shares[i % threads].push(range);
+    ranges.sort_by_key(|range| (std::cmp::Reverse(range.len()), range.partition));
+    let mut shares: Vec<(i64, Vec<PartitionRange>)> =
+        (0..threads).map(|_| (0, Vec::new())).collect();
+    for range in ranges {
+        let share = shares
+            .iter_mut()
+            .min_by_key(|(offsets, _)| *offsets)
+            .expect("at least one thread");
+        share.0 += range.len();
+        share.1.push(range);
     }
-    shares
+    shares.into_iter().map(|(_, share)| share).collect()
 }
 
 /// Folds the partitions of `share` into `store`, in batches of `batch` records, with a consumer
@@ -348,15 +363,17 @@ fn fold_share(
         records: 0,
         undecodable: 0,
     };
-    // Progress is timed only when a poll comes back empty: a clock read per record cost more
-    // than a twentieth of a replay.
-    let (mut last_progress, mut records_then) = (Instant::now(), 0u64);
+    // Progress is checked only when a poll comes back empty or with a record past its target:
+    // a clock read per record cost more than a twentieth of a replay.
+    let mut progress = Progress::new();
     while !remaining.is_empty() {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(message)) => {
                 let partition = message.partition();
                 let Some(&end) = remaining.get(&partition) else {
-                    // Past its target (a one-projection replay stops at the live offsets).
+                    // Past its target (a one-projection replay stops at the live offsets, and
+                    // records may still be arriving): the other partitions must still move.
+                    progress.check(&consumer, &mut folder, &mut remaining, counts.records)?;
                     continue;
                 };
                 // Poison records were dead-lettered by the live node; a rebuild only skips them.
@@ -379,19 +396,79 @@ fn fold_share(
             }
             Some(Err(e)) => bail!("kafka error during replay: {e}"),
             None if failed.load(Ordering::Relaxed) => return Err(Abandoned.into()),
-            None if counts.records != records_then => {
-                (last_progress, records_then) = (Instant::now(), counts.records);
-            }
-            None if last_progress.elapsed() > STALL_TIMEOUT => {
-                bail!(
-                    "replay stalled: no record for 60s while partitions {remaining:?} were short of their target"
-                );
-            }
-            None => {}
+            None => progress.check(&consumer, &mut folder, &mut remaining, counts.records)?,
         }
     }
     folder.write()?;
     Ok(counts)
+}
+
+/// Watches a replay thread's partitions that are short of their target.
+struct Progress {
+    checked: Instant,
+    moved: Instant,
+    records_then: u64,
+}
+
+impl Progress {
+    /// How often positions are read while records do not come.
+    const EVERY: Duration = Duration::from_millis(200);
+
+    fn new() -> Progress {
+        let now = Instant::now();
+        Progress {
+            checked: now,
+            moved: now,
+            records_then: 0,
+        }
+    }
+
+    /// At most every [`Progress::EVERY`]: ends the partitions whose consumer position reached
+    /// their target, and fails once no record of `remaining`'s partitions was folded for
+    /// [`STALL_TIMEOUT`]; `records` is how many have been folded so far.
+    ///
+    /// Offsets that hold no record to fold (a transaction's markers, the records of an aborted
+    /// transaction) are never handed over, so a partition whose last offsets are such ends
+    /// here, by its position, rather than by its last record.
+    fn check(
+        &mut self,
+        consumer: &BaseConsumer,
+        folder: &mut Folder,
+        remaining: &mut BTreeMap<i32, i64>,
+        records: u64,
+    ) -> anyhow::Result<()> {
+        let now = Instant::now();
+        if now.duration_since(self.checked) < Self::EVERY {
+            return Ok(());
+        }
+        self.checked = now;
+        let positions = consumer
+            .position()
+            .context("cannot read the replay consumer's positions")?;
+        for element in positions.elements() {
+            let (partition, Offset::Offset(position)) = (element.partition(), element.offset())
+            else {
+                continue;
+            };
+            if let Some(&end) = remaining.get(&partition) {
+                if position >= end {
+                    folder.pass_to(partition, end)?;
+                    remaining.remove(&partition);
+                }
+            }
+        }
+        if records != self.records_then {
+            (self.moved, self.records_then) = (now, records);
+        } else if !remaining.is_empty() && now.duration_since(self.moved) > STALL_TIMEOUT {
+            bail!(
+                "replay stalled: no record for {}s while partitions {remaining:?} (partition: \
+                 target offset) were short of their target; is the broker reachable and does \
+                 the log still hold them?",
+                STALL_TIMEOUT.as_secs()
+            );
+        }
+        Ok(())
+    }
 }
 
 struct Start {
@@ -504,4 +581,46 @@ fn sibling(path: &std::path::Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".{suffix}"));
     path.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(partition: i32, records: i64) -> PartitionRange {
+        PartitionRange {
+            partition,
+            start: 100,
+            end: 100 + records,
+            lost_before: None,
+        }
+    }
+
+    fn dealt(shares: &[Vec<PartitionRange>]) -> Vec<Vec<i32>> {
+        shares
+            .iter()
+            .map(|share| share.iter().map(|r| r.partition).collect())
+            .collect()
+    }
+
+    #[test]
+    fn test_busy_partitions_are_dealt_to_different_threads() {
+        // Records in partitions 0 and 2 only: round robin gave both to one thread.
+        let ranges = vec![range(0, 600), range(1, 0), range(2, 600), range(3, 0)];
+        let shares = split_into_shares(ranges, NonZeroUsize::new(2));
+        assert_eq!(dealt(&shares), [vec![0, 1, 3], vec![2]]);
+
+        let ranges = vec![range(0, 10), range(1, 500), range(2, 300), range(3, 250)];
+        let shares = split_into_shares(ranges, NonZeroUsize::new(2));
+        assert_eq!(dealt(&shares), [vec![1, 0], vec![2, 3]]);
+    }
+
+    #[test]
+    fn test_no_more_threads_than_partitions_with_records() {
+        let ranges = vec![range(0, 5), range(1, 0), range(2, 0)];
+        let shares = split_into_shares(ranges, NonZeroUsize::new(8));
+        assert_eq!(dealt(&shares), [vec![0, 1, 2]]);
+        let shares = split_into_shares(vec![range(0, 0)], NonZeroUsize::new(3));
+        assert_eq!(dealt(&shares), [vec![0]]);
+    }
 }
