@@ -119,6 +119,9 @@ folded=$(curl -sf "${auth[@]}" "$base/visitors/distinct?from=$day_from&to=$month
 measure() {
   local name=$1 url=$2
   shift 2
+  # oha leaves the requests in flight at the end of a run to the server; let them finish first,
+  # or the next run starts against a busy server (a slow series run's tail is seconds of CPU).
+  sleep 2
   say "$name"
   "$oha" --no-tui --output-format json -z "${duration_s}s" "${auth[@]}" "$@" "$url" >"$run_dir/$name.json"
 }

@@ -4,8 +4,8 @@
 //! every bucket of the range (720 hourly sketches per partition), yet between two reads only the
 //! buckets being written change, usually the current hour's. The cache keeps, per range, tenant
 //! and set of partitions, the merge of the buckets that were quiet when it was made (the cold
-//! part) and the list of those written by the last [`HOT_WRITES`] writes (the hot part), which
-//! every read merges afresh from the store.
+//! part) and the list of those written lately (the hot part: by one of the last [`HOT_WRITES`]
+//! writes, in the last [`HOT_FOR`]), which every read merges afresh from the store.
 //!
 //! It learns what changed from the store's own writes: each write of read models gets the next
 //! number, and each bucket it touched is stamped with that number. An entry made
@@ -22,6 +22,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use lru::LruCache;
 use readmodel::ReadModel;
@@ -30,6 +31,10 @@ use readmodel::ReadModel;
 /// cached. The projector writes a batch every second or every few thousand records, so a bucket
 /// that still receives events stays hot, and one that received a late event goes cold soon.
 pub const HOT_WRITES: u64 = 64;
+
+/// ...and in this long: once the writes stop (a node that caught up with a quiet log), every
+/// bucket goes cold.
+pub const HOT_FOR: Duration = Duration::from_secs(10);
 
 /// Most hot buckets a cached range may have; a range with more is merged without the cache.
 pub const MAX_HOT_BUCKETS: usize = 16;
@@ -65,8 +70,15 @@ pub enum Plan {
     Bypass,
 }
 
-/// The number of the last write of each bucket start of one projection and tenant.
-type BucketStamps = BTreeMap<i64, u64>;
+/// The last write of a bucket: its number and when it was applied.
+#[derive(Debug, Clone, Copy)]
+struct Stamp {
+    seq: u64,
+    at: Instant,
+}
+
+/// The last write of each bucket start of one projection and tenant.
+type BucketStamps = BTreeMap<i64, Stamp>;
 
 struct Entry {
     seq: u64,
@@ -110,7 +122,10 @@ impl MergeCache {
         buckets: impl IntoIterator<Item = (&'k Arc<str>, &'k Arc<str>, i64)>,
     ) {
         self.seq += 1;
-        let stamp = self.seq;
+        let stamp = Stamp {
+            seq: self.seq,
+            at: Instant::now(),
+        };
         for (projection, tenant, bucket) in buckets {
             let tenants = match self.stamps.get_mut(projection) {
                 Some(tenants) => tenants,
@@ -131,7 +146,7 @@ impl MergeCache {
     fn forget_before(&mut self, seq: u64) {
         for tenants in self.stamps.values_mut() {
             for buckets in tenants.values_mut() {
-                buckets.retain(|_, stamp| *stamp > seq);
+                buckets.retain(|_, stamp| stamp.seq > seq);
             }
             tenants.retain(|_, buckets| !buckets.is_empty());
         }
@@ -172,7 +187,7 @@ impl MergeCache {
                 .get(&key.projection)
                 .is_some_and(|&seq| seq > entry.seq);
             let changed = in_range(key.from, key.to)
-                .any(|(bucket, &stamp)| stamp > entry.seq && !entry.hot.contains(bucket));
+                .any(|(bucket, stamp)| stamp.seq > entry.seq && !entry.hot.contains(bucket));
             if !replaced && !changed {
                 self.hits += 1;
                 return Plan::Cached {
@@ -186,8 +201,11 @@ impl MergeCache {
         if self.limit_bytes == 0 {
             return Plan::Bypass;
         }
+        let now = Instant::now();
         let hot: Vec<i64> = in_range(key.from, key.to)
-            .filter(|(_, stamp)| **stamp + HOT_WRITES > self.seq)
+            .filter(|(_, stamp)| {
+                stamp.seq + HOT_WRITES > self.seq && now.duration_since(stamp.at) < HOT_FOR
+            })
             .map(|(&bucket, _)| bucket)
             .take(MAX_HOT_BUCKETS + 1)
             .collect();
