@@ -94,13 +94,39 @@ async fn main() -> anyhow::Result<()> {
 
 /// A time given on the command line, as epoch milliseconds.
 fn parse_time(text: &str) -> Result<i64, String> {
-    if let Ok(ms) = text.parse::<i64>() {
-        return Ok(ms);
+    let ms = match text.parse::<i64>() {
+        Ok(ms) => ms,
+        Err(_) => {
+            let instant =
+                time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                    .map_err(|e| {
+                    format!("{text:?} is neither RFC 3339 (2024-05-01T00:00:00Z) nor epoch ms: {e}")
+                })?;
+            i64::try_from(instant.unix_timestamp_nanos() / 1_000_000)
+                .map_err(|_| format!("{text:?} is out of range"))?
+        }
+    };
+    // Kafka looks offsets up by append time, which is never before 1970.
+    if ms < 0 {
+        return Err(format!(
+            "{text:?} is before 1970-01-01T00:00:00Z; Kafka keeps no records from before then"
+        ));
     }
-    let instant = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| {
-            format!("{text:?} is neither RFC 3339 (2024-05-01T00:00:00Z) nor epoch ms: {e}")
-        })?;
-    i64::try_from(instant.unix_timestamp_nanos() / 1_000_000)
-        .map_err(|_| format!("{text:?} is out of range"))
+    Ok(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_start_times_are_epoch_ms_or_rfc_3339_from_1970_on() {
+        assert_eq!(parse_time("0"), Ok(0));
+        assert_eq!(parse_time("2024-05-01T00:00:00Z"), Ok(1_714_521_600_000));
+        for before in ["-1", "1969-12-31T23:59:59Z"] {
+            let error = parse_time(before).unwrap_err();
+            assert!(error.contains("before 1970"), "{error}");
+        }
+        assert!(parse_time("yesterday").unwrap_err().contains("RFC 3339"));
+    }
 }
