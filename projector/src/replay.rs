@@ -34,8 +34,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
 use readmodel::ProjectionFile;
 use tracing::{info, warn};
 
@@ -394,6 +396,11 @@ fn fold_share(
                     folder.write()?;
                 }
             }
+            Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => bail!(
+                "records the replay was about to read were deleted (retention or delete-records) \
+                 while it ran; run it again: it starts from what the log still holds and reports \
+                 the rest as lost"
+            ),
             Some(Err(e)) => bail!("kafka error during replay: {e}"),
             None if failed.load(Ordering::Relaxed) => return Err(Abandoned.into()),
             None => progress.check(&consumer, &mut folder, &mut remaining, counts.records)?,

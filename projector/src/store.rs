@@ -65,11 +65,13 @@ pub struct StoreBatch {
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error(
-        "cannot open the read-model store at {path}: {source} (is another projector using it? \
-         each node needs its own store_path)"
-    )]
-    Open { path: String, source: sled::Error },
+    #[error("cannot open the read-model store at {path}: {source}{hint}")]
+    Open {
+        path: String,
+        source: sled::Error,
+        /// What to check, after the error: empty when there is nothing to add.
+        hint: &'static str,
+    },
     #[error("the read-model store at {path} is damaged ({reason}); it can be rebuilt from the log")]
     Damaged { path: String, reason: String },
     #[error("read-model store i/o failed: {0}")]
@@ -153,10 +155,20 @@ impl Store {
             Ok(Err(source @ (sled::Error::Corruption { .. } | sled::Error::ReportableBug(_)))) => {
                 Err(damaged(source.to_string()))
             }
-            Ok(Err(source)) => Err(StoreError::Open {
-                path: path.display().to_string(),
-                source,
-            }),
+            Ok(Err(source)) => {
+                let hint = if path.exists() && !path.is_dir() {
+                    " (store_path must name a directory, or nothing yet: it is created)"
+                } else if source.to_string().contains("lock") {
+                    " (is another projector using it? each node needs its own store_path)"
+                } else {
+                    ""
+                };
+                Err(StoreError::Open {
+                    path: path.display().to_string(),
+                    source,
+                    hint,
+                })
+            }
             Err(panic) => Err(damaged(
                 panic
                     .downcast_ref::<&str>()
