@@ -13,6 +13,9 @@
 //! part carries a stamp above `n`; a stamp is put on after its write is applied, so an entry can
 //! only be thrown away too early, never used too late.
 //!
+//! One read fills an entry at a time: others asking for the same range meanwhile wait for it
+//! ([`Plan::Wait`]) rather than merging the same buckets side by side.
+//!
 //! Guarantee: a read through the cache merges the same stored read models a fresh merge of the
 //! range would read then, only in another order: distinct counts, count-min counts and
 //! membership come out the same; the frequent-items part of a top read model can differ the way
@@ -20,7 +23,7 @@
 //! [`MergeCache::new`]'s limit, counted in serialized bytes of the cached models, least recently
 //! used first out.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -68,6 +71,8 @@ pub enum Plan {
     Fill { seq: u64, hot: Vec<i64> },
     /// Merge the range without keeping anything: too many of its buckets are being written.
     Bypass,
+    /// Another read is filling this range's entry: wait for it, then plan again.
+    Wait,
 }
 
 /// The last write of a bucket: its number and when it was applied.
@@ -98,8 +103,11 @@ pub struct MergeCache {
     replaced: HashMap<String, u64>,
     /// Bounded by bytes, not by count: see [`MergeCache::insert`].
     entries: LruCache<RangeKey, Entry>,
+    /// Ranges a read is filling (it was handed [`Plan::Fill`]).
+    filling: HashSet<RangeKey>,
     bytes: usize,
     hits: u64,
+    fills: u64,
 }
 
 impl MergeCache {
@@ -111,8 +119,10 @@ impl MergeCache {
             stamps: HashMap::new(),
             replaced: HashMap::new(),
             entries: LruCache::unbounded(),
+            filling: HashSet::new(),
             bytes: 0,
             hits: 0,
+            fills: 0,
         }
     }
 
@@ -201,6 +211,9 @@ impl MergeCache {
         if self.limit_bytes == 0 {
             return Plan::Bypass;
         }
+        if self.filling.contains(key) {
+            return Plan::Wait;
+        }
         let now = Instant::now();
         let hot: Vec<i64> = in_range(key.from, key.to)
             .filter(|(_, stamp)| {
@@ -212,13 +225,22 @@ impl MergeCache {
         if hot.len() > MAX_HOT_BUCKETS {
             return Plan::Bypass;
         }
+        self.filling.insert(key.clone());
+        self.fills += 1;
         Plan::Fill { seq: self.seq, hot }
+    }
+
+    /// Gives up a fill handed out by [`MergeCache::plan`] without keeping anything (the merge
+    /// failed), so that the reads waiting for it plan again.
+    pub fn abandon(&mut self, key: &RangeKey) {
+        self.filling.remove(key);
     }
 
     /// Keeps the merge `cold` of `key`'s range without its `hot` buckets, made as of write `seq`
     /// (from [`Plan::Fill`]), unless a write since then already voided it or it alone is
     /// larger than the limit.
     pub fn insert(&mut self, key: RangeKey, seq: u64, hot: Vec<i64>, cold: Option<ReadModel>) {
+        self.filling.remove(&key);
         let bytes = cold.as_ref().map_or(0, |model| model.to_bytes().len()) + 64;
         if bytes > self.limit_bytes {
             return;
@@ -250,6 +272,11 @@ impl MergeCache {
     /// Reads answered from an entry so far.
     pub fn hits(&self) -> u64 {
         self.hits
+    }
+
+    /// Fills handed out so far.
+    pub fn fills(&self) -> u64 {
+        self.fills
     }
 }
 
@@ -289,6 +316,10 @@ mod tests {
         other.partitions = vec![0];
         assert!(matches!(cache.plan(&other), Plan::Fill { .. }));
         assert!(matches!(cache.plan(&key(0, 20)), Plan::Fill { .. }));
+        // While one read fills a range, the others wait for it.
+        assert!(matches!(cache.plan(&other), Plan::Wait));
+        cache.abandon(&other);
+        assert!(matches!(cache.plan(&other), Plan::Fill { .. }));
         // A write to another tenant or projection leaves it good.
         let (p, q, t): (Arc<str>, Arc<str>, Arc<str>) = ("p".into(), "q".into(), "u".into());
         cache.written([(&p, &t, 5), (&q, &t, 5)]);
@@ -303,6 +334,7 @@ mod tests {
             panic!("a first read fills");
         };
         assert!(hot.is_empty(), "nothing written yet");
+        cache.abandon(&key(0, 30));
         // A bucket last written before the last HOT_WRITES writes is cold again.
         write(&mut cache, &[20]);
         for _ in 0..HOT_WRITES {
@@ -312,6 +344,7 @@ mod tests {
             panic!("no entry yet");
         };
         assert!(hot.is_empty(), "bucket 20 went cold: {hot:?}");
+        cache.abandon(&key(0, 30));
         let Plan::Fill { seq, hot } = cache.plan(&key(0, 30)) else {
             panic!("no entry yet");
         };

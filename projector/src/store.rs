@@ -28,7 +28,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use readmodel::{Projection, ProjectionFile, ReadModel};
 
@@ -96,6 +96,8 @@ pub struct Store {
     state: sled::Tree,
     /// Merges of bucket ranges kept for repeated reads; told of every write of read models.
     merges: Arc<Mutex<MergeCache>>,
+    /// Signalled when a read finishes or gives up filling a range of the merge cache.
+    filled: Arc<Condvar>,
 }
 
 /// Most bytes of merged read models a store keeps for repeated range reads.
@@ -151,6 +153,7 @@ impl Store {
                 db,
                 state,
                 merges: Arc::new(Mutex::new(MergeCache::new(MERGE_CACHE_BYTES))),
+                filled: Arc::new(Condvar::new()),
             }),
             Ok(Err(source @ (sled::Error::Corruption { .. } | sled::Error::ReportableBug(_)))) => {
                 Err(damaged(source.to_string()))
@@ -373,8 +376,22 @@ impl Store {
             partitions,
         };
         let included = |partition: i32| key.partitions.binary_search(&partition).is_ok();
-        let plan = self.merges().plan(&key);
+        let plan = {
+            let mut merges = self.merges();
+            loop {
+                match merges.plan(&key) {
+                    Plan::Wait => {
+                        merges = self
+                            .filled
+                            .wait(merges)
+                            .unwrap_or_else(PoisonError::into_inner);
+                    }
+                    plan => break plan,
+                }
+            }
+        };
         let (result, hot) = match plan {
+            Plan::Wait => unreachable!("waited for above"),
             Plan::Bypass => {
                 metrics::counter!("projector_merge_cache_reads_total", "result" => "bypass")
                     .increment(1);
@@ -388,6 +405,11 @@ impl Store {
             Plan::Fill { seq, hot } => {
                 metrics::counter!("projector_merge_cache_reads_total", "result" => "miss")
                     .increment(1);
+                // Whatever happens to this merge, the reads waiting for it must plan again.
+                let filling = Filling {
+                    store: self,
+                    key: Some(&key),
+                };
                 let mut cold = None;
                 self.merge_range_into(&mut cold, projection, tenant, from, to, |p, bucket| {
                     included(p) && !hot.contains(&bucket)
@@ -395,6 +417,7 @@ impl Store {
                 let result = cold.clone();
                 let mut merges = self.merges();
                 merges.insert(key.clone(), seq, hot.clone(), cold);
+                filling.done();
                 let (entries, bytes) = merges.size();
                 drop(merges);
                 metrics::gauge!("projector_merge_cache_entries").set(entries as f64);
@@ -640,6 +663,29 @@ impl Store {
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
+    }
+}
+
+/// A fill of the merge cache in progress: dropped without [`Filling::done`] (the merge failed or
+/// panicked), it gives the fill up; either way it wakes the reads waiting for it.
+struct Filling<'s> {
+    store: &'s Store,
+    key: Option<&'s RangeKey>,
+}
+
+impl Filling<'_> {
+    /// The entry was inserted (with the merge cache locked by the caller).
+    fn done(mut self) {
+        self.key = None;
+    }
+}
+
+impl Drop for Filling<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.store.merges().abandon(key);
+        }
+        self.store.filled.notify_all();
     }
 }
 
@@ -1120,6 +1166,64 @@ mod tests {
         }
         let hits = store.merges().hits();
         assert!(hits > 100, "only {hits} of 600 reads came from the cache");
+        drop(store);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn test_reads_of_one_range_at_once_merge_it_once() {
+        let (store, dir) = temp_store("merge-cache-once");
+        let projection = projections().projections.remove(0);
+        let mut batch = StoreBatch::default();
+        for hour in 0..300i64 {
+            for partition in 0..4 {
+                let mut model = projection.new_read_model();
+                for n in 0..20 {
+                    model.update(&format!("v{hour}-{partition}-{n}"));
+                }
+                let key = ModelKey {
+                    projection: "visitors".into(),
+                    tenant: "t".into(),
+                    bucket_start: hour * 3_600_000,
+                    partition,
+                };
+                batch.put_model(&key, &model, None);
+            }
+        }
+        store.write(batch).unwrap();
+        // Writes of another tenant until those buckets are no longer among the last writes.
+        for n in 0..crate::merge_cache::HOT_WRITES {
+            let mut batch = StoreBatch::default();
+            let mut model = projection.new_read_model();
+            model.update(&format!("other-{n}"));
+            let key = ModelKey {
+                projection: "visitors".into(),
+                tenant: "other".into(),
+                bucket_start: 0,
+                partition: 0,
+            };
+            batch.put_model(&key, &model, None);
+            store.write(batch).unwrap();
+        }
+        let fresh = store
+            .merged_range("visitors", "t", i64::MIN, i64::MAX, |_| true)
+            .unwrap()
+            .map(|m| m.to_bytes());
+        let start = std::sync::Barrier::new(4);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    start.wait();
+                    let cached = store
+                        .merged_range_cached("visitors", "t", i64::MIN, i64::MAX, &[0, 1, 2, 3])
+                        .unwrap();
+                    assert_eq!(cached.map(|m| m.to_bytes()), fresh);
+                });
+            }
+        });
+        let merges = store.merges();
+        assert_eq!((merges.fills(), merges.hits()), (1, 3));
+        drop(merges);
         drop(store);
         std::fs::remove_dir_all(dir).unwrap();
     }
