@@ -7,7 +7,7 @@ mod node;
 use std::process::Command;
 use std::time::Duration;
 
-use node::{test_dir, unique, view, watermarks};
+use node::{test_dir, unique, view, watermarks, write_config};
 use projector::store::Store;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -53,21 +53,10 @@ async fn test_replay_reads_every_compression_codec() {
         .collect();
     assert_eq!(highs, [RECORDS as i64; 4]);
 
-    std::fs::write(
-        dir.join("live.toml"),
-        format!(
-            "brokers = \"{}\"\ntopic = \"{topic}\"\ngroup_id = \"{topic}-group\"\n\
-             store_path = \"{}\"\nprojections_file = \"{}\"\n\
-             internal_listen = \"127.0.0.1:0\"\n",
-            testkit::bootstrap(),
-            dir.join("live").display(),
-            dir.join("projections.toml").display(),
-        ),
-    )
-    .unwrap();
+    let config = write_config(&dir, &topic);
     let output = Command::new(env!("CARGO_BIN_EXE_projector"))
         .args(["replay", "--config"])
-        .arg(dir.join("live.toml"))
+        .arg(&config)
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use node::{keys_on, producer, send_record, test_dir, unique, view, watermarks};
+use node::{keys_on, producer, send_record, test_dir, unique, view, watermarks, write_config};
 use projector::store::Store;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -98,24 +98,13 @@ async fn test_replay_reads_past_transaction_markers_while_records_arrive() {
         }
     });
 
-    std::fs::write(
-        dir.join("live.toml"),
-        format!(
-            "brokers = \"{}\"\ntopic = \"{topic}\"\ngroup_id = \"{topic}-group\"\n\
-             store_path = \"{}\"\nprojections_file = \"{}\"\n\
-             internal_listen = \"127.0.0.1:0\"\n",
-            testkit::bootstrap(),
-            dir.join("live").display(),
-            dir.join("projections.toml").display(),
-        ),
-    )
-    .unwrap();
+    let config = write_config(&dir, &topic);
     // Before the fix the replay waited for offset 8 until its stall timeout (60 s), or for ever
     // while partition 1 kept receiving records.
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_projector"))
         .args(["replay", "--threads", "1", "--config"])
-        .arg(dir.join("live.toml"))
+        .arg(&config)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

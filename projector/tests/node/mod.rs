@@ -40,6 +40,25 @@ pub fn test_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Writes `dir/live.toml`, the config of a store `dir/live` folding `topic`, for commands run
+/// without a node (`projector replay`); returns its path.
+pub fn write_config(dir: &Path, topic: &str) -> PathBuf {
+    let config = dir.join("live.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "brokers = \"{}\"\ntopic = \"{topic}\"\ngroup_id = \"{topic}-group\"\n\
+             store_path = \"{}\"\nprojections_file = \"{}\"\n\
+             internal_listen = \"127.0.0.1:0\"\n",
+            bootstrap(),
+            dir.join("live").display(),
+            dir.join("projections.toml").display(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
 /// Polls `check` until it gives `Ok`, failing after `timeout` with the last `Err` it gave (a
 /// description of what it saw).
 pub async fn wait_for<T>(
