@@ -173,6 +173,25 @@ pub fn replay(config: &Config, options: &ReplayOptions) -> anyhow::Result<Replay
     let start_ms = from_bucket.or(options.from_ms);
     let starts = start_offsets(&consumer, &config.topic, &partitions, start_ms)?;
 
+    // A one-projection rebuild stops at the live store's offsets; past the end of the log (the
+    // topic was recreated or truncated) it could never reach them.
+    if let Some(targets) = &targets {
+        let beyond: Vec<(i32, i64, i64)> = starts
+            .iter()
+            .filter_map(|(&partition, start)| {
+                let target = targets.get(&partition).copied().unwrap_or(0);
+                (target > start.high).then_some((partition, target, start.high))
+            })
+            .collect();
+        if !beyond.is_empty() {
+            bail!(
+                "the live store stands past the end of the log in partitions {beyond:?} \
+                 (partition, store offset, log end): the topic was recreated or truncated, so a \
+                 rebuild of one projection cannot reach the store's offsets; run `projector \
+                 replay` without --projection to rebuild every projection from the log as it is"
+            );
+        }
+    }
     let replay_batch = config.batch_max_records.max(REPLAY_BATCH_RECORDS);
     let mut ranges = Vec::new();
     let mut truncated = Vec::new();

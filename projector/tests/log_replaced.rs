@@ -113,5 +113,20 @@ async fn test_a_recreated_topic_stalls_the_partitions_whose_store_is_past_its_en
     assert_eq!(node.events("visitors", TENANT).await.unwrap(), 200);
     node.assert_alive();
     node.stop();
+
+    // A rebuild of one projection up to the store's offsets refuses at once, saying why, rather
+    // than waiting for records the new log will never hold.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_projector"))
+        .args(["replay", "--projection", "visitors", "--config"])
+        .arg(dir.join("live.toml"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("past the end of the log") && stderr.contains("without --projection"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
