@@ -962,6 +962,28 @@ pub(crate) fn temp_store(name: &str) -> (Store, std::path::PathBuf) {
 mod tests {
     use super::*;
 
+    /// Stages a fresh read model of `projection` holding `values` under the given key.
+    fn put_new(
+        batch: &mut StoreBatch,
+        projection: &Projection,
+        tenant: &str,
+        bucket_start: i64,
+        partition: i32,
+        values: impl IntoIterator<Item = String>,
+    ) {
+        let mut model = projection.new_read_model();
+        for value in values {
+            model.update(&value);
+        }
+        let key = ModelKey {
+            projection: projection.name.as_str().into(),
+            tenant: tenant.into(),
+            bucket_start,
+            partition,
+        };
+        batch.put_model(&key, &model, None);
+    }
+
     fn projections() -> ProjectionFile {
         ProjectionFile::from_toml(
             r#"
@@ -1078,15 +1100,8 @@ mod tests {
         // Buckets at -1h, 0h, 1h, 2h on partitions 0 and 1; one value per sketch.
         for (i, bucket) in [-3_600_000i64, 0, 3_600_000, 7_200_000].iter().enumerate() {
             for partition in 0..2 {
-                let mut model = projection.new_read_model();
-                model.update(&format!("v{i}-{partition}"));
-                let key = ModelKey {
-                    projection: "visitors".into(),
-                    tenant: "t".into(),
-                    bucket_start: *bucket,
-                    partition,
-                };
-                batch.put_model(&key, &model, None);
+                let value = format!("v{i}-{partition}");
+                put_new(&mut batch, &projection, "t", *bucket, partition, [value]);
             }
         }
         store.write(batch).unwrap();
@@ -1177,32 +1192,29 @@ mod tests {
         let mut batch = StoreBatch::default();
         for hour in 0..300i64 {
             for partition in 0..4 {
-                let mut model = projection.new_read_model();
-                for n in 0..20 {
-                    model.update(&format!("v{hour}-{partition}-{n}"));
-                }
-                let key = ModelKey {
-                    projection: "visitors".into(),
-                    tenant: "t".into(),
-                    bucket_start: hour * 3_600_000,
+                let values = (0..20).map(|n| format!("v{hour}-{partition}-{n}"));
+                put_new(
+                    &mut batch,
+                    &projection,
+                    "t",
+                    hour * 3_600_000,
                     partition,
-                };
-                batch.put_model(&key, &model, None);
+                    values,
+                );
             }
         }
         store.write(batch).unwrap();
         // Writes of another tenant until those buckets are no longer among the last writes.
         for n in 0..crate::merge_cache::HOT_WRITES {
             let mut batch = StoreBatch::default();
-            let mut model = projection.new_read_model();
-            model.update(&format!("other-{n}"));
-            let key = ModelKey {
-                projection: "visitors".into(),
-                tenant: "other".into(),
-                bucket_start: 0,
-                partition: 0,
-            };
-            batch.put_model(&key, &model, None);
+            put_new(
+                &mut batch,
+                &projection,
+                "other",
+                0,
+                0,
+                [format!("other-{n}")],
+            );
             store.write(batch).unwrap();
         }
         let fresh = store
