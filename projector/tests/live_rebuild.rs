@@ -6,10 +6,9 @@
 mod node;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
-use node::{Node, producer, send_record, test_dir, unique, view, wait_for, watermarks};
+use node::{Node, producer, replay_ok, send_record, test_dir, unique, view, wait_for, watermarks};
 use readmodel::ProjectionFile;
 use serde_json::Value;
 
@@ -191,17 +190,7 @@ async fn test_a_changed_projection_file_is_built_beside_and_switched_in_while_se
         ),
     )
     .unwrap();
-    let replay = Command::new(env!("CARGO_BIN_EXE_projector"))
-        .args(["replay", "--config"])
-        .arg(&replay_config)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        replay.status.success(),
-        "replay failed: {}",
-        String::from_utf8_lossy(&replay.stderr)
-    );
+    replay_ok(&replay_config, &[]);
     let live = projector::store::Store::open(&dir.join("live"), 1 << 20).unwrap();
     let replayed = projector::store::Store::open(&dir.join("replayed"), 1 << 20).unwrap();
     let live_entries = live.state_entries().unwrap();

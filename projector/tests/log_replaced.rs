@@ -7,7 +7,7 @@ mod node;
 
 use std::time::Duration;
 
-use node::{Node, producer, send_record, test_dir, unique, view, wait_for, watermarks};
+use node::{Node, producer, replay, send_record, test_dir, unique, view, wait_for, watermarks};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
@@ -116,12 +116,7 @@ async fn test_a_recreated_topic_stalls_the_partitions_whose_store_is_past_its_en
 
     // A rebuild of one projection up to the store's offsets refuses at once, saying why, rather
     // than waiting for records the new log will never hold.
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_projector"))
-        .args(["replay", "--projection", "visitors", "--config"])
-        .arg(dir.join("live.toml"))
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let output = replay(&dir.join("live.toml"), &["--projection", "visitors"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     assert!(

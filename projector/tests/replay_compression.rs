@@ -4,10 +4,9 @@
 
 mod node;
 
-use std::process::Command;
 use std::time::Duration;
 
-use node::{test_dir, unique, view, watermarks, write_config};
+use node::{replay_ok, test_dir, unique, view, watermarks, write_config};
 use projector::store::Store;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -54,17 +53,7 @@ async fn test_replay_reads_every_compression_codec() {
     assert_eq!(highs, [RECORDS as i64; 4]);
 
     let config = write_config(&dir, &topic);
-    let output = Command::new(env!("CARGO_BIN_EXE_projector"))
-        .args(["replay", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "replay failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    replay_ok(&config, &[]);
 
     let store = Store::open(&dir.join("live"), 1 << 20).unwrap();
     for (partition, codec) in CODECS.iter().enumerate() {

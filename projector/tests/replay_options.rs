@@ -13,10 +13,11 @@
 mod node;
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use node::{Node, producer, send_record, test_dir, unique, wait_for, watermarks};
+use node::{
+    Node, producer, replay, replay_ok, send_record, test_dir, unique, wait_for, watermarks,
+};
 use projector::store::{Store, StoreEntry};
 use schemas::{Record, SCHEMA_VERSION};
 
@@ -45,26 +46,6 @@ fn view_now(n: usize) -> Record {
         "properties": { "path": format!("/p/{}", n % 10) },
     }))
     .unwrap()
-}
-
-fn replay(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_projector"))
-        .args(["replay", "--config"])
-        .arg(dir.join("live.toml"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
-
-fn replay_ok(dir: &Path, args: &[&str]) -> String {
-    let output = replay(dir, args);
-    assert!(
-        output.status.success(),
-        "replay {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// The entries of the live store whose key belongs to `projection`'s sketches.
@@ -137,21 +118,21 @@ async fn test_replay_from_a_time_and_of_one_projection() {
 
     // A full replay stores the same bytes whether one thread folds every partition or each
     // partition has a thread of its own, and the same sketches as the node folded.
-    replay_ok(&dir, &["--threads", "1"]);
+    replay_ok(&dir.join("live.toml"), &["--threads", "1"]);
     let one_thread = all_entries(&dir);
-    replay_ok(&dir, &["--threads", "3"]);
+    replay_ok(&dir.join("live.toml"), &["--threads", "3"]);
     assert!(all_entries(&dir) == one_thread, "threads changed the store");
     assert_eq!(sketches_of(&dir, "visitors"), visitors_before);
 
     // One projection, definition unchanged: the same bytes, from the start or from a time.
-    let summary = replay_ok(&dir, &["--projection", "visitors"]);
+    let summary = replay_ok(&dir.join("live.toml"), &["--projection", "visitors"]);
     assert!(
         summary.contains("into projection visitors only"),
         "{summary}"
     );
     assert_eq!(sketches_of(&dir, "visitors"), visitors_before);
     replay_ok(
-        &dir,
+        &dir.join("live.toml"),
         &["--projection", "visitors", "--from", &from.to_string()],
     );
     assert_eq!(sketches_of(&dir, "visitors"), visitors_before);
@@ -165,7 +146,7 @@ async fn test_replay_from_a_time_and_of_one_projection() {
     );
     assert_ne!(widened, text);
     std::fs::write(dir.join("projections.toml"), &widened).unwrap();
-    replay_ok(&dir, &["--projection", "top_paths"]);
+    replay_ok(&dir.join("live.toml"), &["--projection", "top_paths"]);
     assert_eq!(sketches_of(&dir, "visitors"), visitors_before);
     node.restart();
     node.wait_caught_up(&highs(&topic)).await;
@@ -202,7 +183,7 @@ async fn test_replay_from_a_time_and_of_one_projection() {
             1,
         );
     std::fs::write(dir.join("projections.toml"), &both).unwrap();
-    let refused = replay(&dir, &["--projection", "visitors"]);
+    let refused = replay(&dir.join("live.toml"), &["--projection", "visitors"]);
     assert!(!refused.status.success());
     let message = String::from_utf8_lossy(&refused.stderr);
     assert!(
@@ -212,7 +193,7 @@ async fn test_replay_from_a_time_and_of_one_projection() {
     std::fs::write(dir.join("projections.toml"), &widened).unwrap();
 
     // The whole store from a time: only the later records, the earlier ones counted as lost.
-    let summary = replay_ok(&dir, &["--from", &from.to_string()]);
+    let summary = replay_ok(&dir.join("live.toml"), &["--from", &from.to_string()]);
     assert!(
         summary.contains(&format!("{BATCH} earlier records left out")),
         "{summary}"

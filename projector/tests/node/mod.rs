@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -57,6 +57,28 @@ pub fn write_config(dir: &Path, topic: &str) -> PathBuf {
     )
     .unwrap();
     config
+}
+
+/// Runs `projector replay --config <config> <args>` to its end.
+pub fn replay(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_projector"))
+        .args(["replay", "--config"])
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+/// [`replay`], failing the test unless it succeeded; its summary (stdout).
+pub fn replay_ok(config: &Path, args: &[&str]) -> String {
+    let output = replay(config, args);
+    assert!(
+        output.status.success(),
+        "replay {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// Polls `check` until it gives `Ok`, failing after `timeout` with the last `Err` it gave (a
